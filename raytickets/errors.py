@@ -1,0 +1,21 @@
+"""The error types raytickets raises for bad input; the CLI prints them as one line and exits 2."""
+
+
+class RayticketsError(Exception):
+    """Base class: a problem with what the user asked for, reported before any work starts."""
+
+
+class ConfigError(RayticketsError, ValueError):
+    """A config field has a bad value; the message names the field, the value and what is allowed."""
+
+
+class DataError(RayticketsError, ValueError):
+    """Input data is malformed; the message names the file and the line."""
+
+
+class MaskError(RayticketsError, ValueError):
+    """A mask does not fit a model (missing name, wrong shape) or is not a 0/1 mask."""
+
+
+class ResultsError(RayticketsError, ValueError):
+    """A results directory or table is missing, truncated or of an unknown schema."""
