@@ -1,0 +1,274 @@
+"""The results as a self-contained HTML page with PNG figures, and a Markdown summary.
+
+`write_report(results_dir)` writes `<results_dir>/report/index.html` (figures embedded as base64 data URIs,
+so the page can be mailed or attached as one file), the same figures as PNG files next to it, and
+`summary.md`. Figures are drawn with matplotlib's object API on the Agg canvas: no pyplot, no display,
+no global backend switch.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+
+from .analysis import BASELINE_KINDS, analyze, load_analysis, summary_markdown
+from .store import ResultsStore, open_filesystem, write_bytes_atomic
+
+BASELINE_STYLE = {  # marker and colour per baseline kind; the ticket is always blue
+    "random": ("s", "tab:orange"), "reinit": ("v", "tab:green"), "shuffled": ("D", "tab:purple"),
+    "oneshot": ("^", "tab:brown"), "standard": ("P", "tab:pink"),
+}
+
+
+def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path | str:
+    """Write the report and return the location of index.html (a Path locally, a URI string otherwise).
+
+    Runs `analyze` first if the analysis tables are missing.
+    """
+    store = ResultsStore(results_dir)
+    tables = load_analysis(results_dir) or analyze(results_dir)
+    figures = build_figures(tables)  # [(file name, caption, png bytes)]
+    summary = summary_markdown(tables)
+    page = render_html(summary, figures)
+    if out_dir is None:
+        fs, out = store.fs, store.path("report")
+        where = f"{store.root.rstrip('/')}/report/index.html"
+    else:
+        fs, out = open_filesystem(out_dir)
+        where = f"{os.fspath(out_dir).rstrip('/')}/index.html"
+    for name, _, png in figures:
+        write_bytes_atomic(png, fs, f"{out}/{name}")
+    write_bytes_atomic(summary.encode(), fs, f"{out}/summary.md")
+    write_bytes_atomic(page.encode(), fs, f"{out}/index.html")  # last: the page exists only with its figures
+    return where if "://" in where else Path(where)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def build_figures(tables: dict[str, pd.DataFrame]) -> list[tuple[str, str, bytes]]:
+    """Every figure of the report as (file name, caption, PNG bytes), one set per (model, method)."""
+    supers = tables["super_tickets"]
+    groups = sorted(set(map(tuple, supers[["model", "method"]].drop_duplicates().to_numpy())))
+    figures = []
+    for model, method in groups:
+        tag = _slug(f"{model}-{method}")
+        name = f"{Path(model).name or model} / {method}"
+        sel = {k: _select(t, model, method) for k, t in tables.items()}
+        figures.append((f"curves-{tag}.png", f"Metric vs sparsity per task ({name}): ticket mean ± std over seeds, "
+                        "baselines, full-model band (mean ± std); ○ matching (paper), □ matching (strict), ★ super ticket",
+                        _png(curve_figure(sel["super_tickets"], sel["curves"]))))
+        if not sel["overlap"].empty:
+            figures.append((f"overlap-{tag}.png", f"Overlap of matching tickets across tasks ({name}): "
+                            "Jaccard / Jaccard of independent random masks (1 = chance)",
+                            _png(overlap_figure(sel["overlap"]))))
+        if not sel["transfer"].empty:
+            figures.append((f"transfer-{tag}.png", f"Ticket transfer ({name}): target metric minus the target's own "
+                            "ticket at the nearest sparsity (highest transferred sparsity per pair)",
+                            _png(transfer_figure(sel["transfer"]))))
+        if not sel["layer_sparsity"].empty:
+            figures.append((f"layers-{tag}.png", f"Per-layer sparsity of each task's matching ticket (super ticket "
+                            f"where none matches), first seed ({name})", _png(layer_figure(sel["layer_sparsity"]))))
+    return figures
+
+
+def curve_figure(supers: pd.DataFrame, curves: pd.DataFrame) -> Figure:
+    tasks = sorted(supers["task"].unique())
+    cols = min(3, len(tasks))
+    rows = math.ceil(len(tasks) / cols)
+    fig = Figure(figsize=(4.6 * cols, 3.6 * rows), layout="constrained")
+    for i, task in enumerate(tasks):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        t = supers[supers["task"] == task].sort_values("sparsity")
+        first = t.iloc[0]
+        if not math.isnan(first["full_mean"]):
+            ax.axhspan(first["full_mean"] - first["full_std"], first["full_mean"] + first["full_std"],
+                       color="tab:gray", alpha=0.25, label="full model ± std")
+            ax.axhline(first["full_mean"], color="tab:gray", lw=1)
+        for kind in BASELINE_KINDS:
+            b = curves[(curves["task"] == task) & (curves["kind"] == kind)].sort_values("sparsity")
+            if len(b):
+                marker, color = BASELINE_STYLE[kind]
+                ax.errorbar(100 * b["sparsity"], b["mean"], yerr=b["std"].fillna(0), marker=marker, color=color,
+                            ms=4, lw=1, ls="--", capsize=2, alpha=0.8, label=kind)
+        ax.errorbar(100 * t["sparsity"], t["mean"], yerr=t["std"].fillna(0), marker="o", ms=4, lw=2, capsize=3,
+                    color="tab:blue", label="ticket")
+        _mark(ax, t, first["matching_sparsity_paper"], "o", 13, "matching (paper)")
+        _mark(ax, t, first["matching_sparsity_strict"], "s", 11, "matching (strict)")
+        _mark(ax, t, first["super_sparsity"], "*", 16, "super ticket", filled=True)
+        ax.set_title(task)
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel(first["metric_name"])
+        ax.grid(alpha=0.3)
+    legend = {}  # one legend for all panels: a label drawn in any panel appears once
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(5, len(legend)), fontsize=8)
+    return fig
+
+
+def _mark(ax, t: pd.DataFrame, sparsity: float, marker: str, size: int, label: str, filled: bool = False) -> None:
+    if math.isnan(sparsity):
+        return
+    y = t.loc[np.isclose(t["sparsity"], sparsity), "mean"].iloc[0]
+    ax.plot([100 * sparsity], [y], marker=marker, ms=size, ls="none", label=label,
+            mfc="gold" if filled else "none", mec="black" if filled else "tab:red", mew=1.5, zorder=5)
+
+
+def overlap_figure(overlap: pd.DataFrame) -> Figure:
+    """Task × task heatmap of the overall Jaccard ratio to chance, averaged over seed pairs (symmetric)."""
+    overall = overlap[overlap["scope"] == "overall"].groupby(["task_a", "task_b"])["ratio"].mean()
+    tasks = sorted(set(overlap["task_a"]) | set(overlap["task_b"]))
+    matrix = pd.DataFrame(np.nan, index=tasks, columns=tasks)
+    for (a, b), v in overall.items():
+        matrix.loc[a, b] = matrix.loc[b, a] = v
+    finite = matrix.to_numpy()[np.isfinite(matrix.to_numpy())]
+    spread = max(0.05, float(np.abs(finite - 1.0).max())) if len(finite) else 1.0
+    norm = TwoSlopeNorm(1.0, 1.0 - spread, 1.0 + spread)  # white = chance; red = more shared than chance
+    return _heatmap(matrix, "Jaccard / random Jaccard (1 = chance)", "RdBu_r", norm, lambda v: f"{v:.2f}")
+
+
+def transfer_figure(transfer: pd.DataFrame) -> Figure:
+    """Source × target heatmap of `vs_ticket` at each pair's highest transferred sparsity."""
+    top = transfer.sort_values("sparsity").drop_duplicates(["source_task", "task"], keep="last")
+    sources, targets = sorted(top["source_task"].unique()), sorted(top["task"].unique())
+    matrix = pd.DataFrame(np.nan, index=sources, columns=targets)
+    labels = {}
+    for r in top.itertuples(index=False):
+        matrix.loc[r.source_task, r.task] = r.vs_ticket
+        labels[(r.source_task, r.task)] = f"{r.vs_ticket:+.3f}\n@{100 * r.sparsity:.0f}%"
+    finite = matrix.to_numpy()[np.isfinite(matrix.to_numpy())]
+    bound = float(np.abs(finite).max()) if len(finite) and np.abs(finite).max() > 0 else 1.0
+    fig = _heatmap(matrix, "target metric − own ticket", "RdBu", TwoSlopeNorm(0.0, -bound, bound), None, labels)
+    fig.axes[0].set_xlabel("target task")
+    fig.axes[0].set_ylabel("source task (mask)")
+    return fig
+
+
+def _heatmap(matrix: pd.DataFrame, label: str, cmap: str, norm, fmt, labels: dict | None = None) -> Figure:
+    n_rows, n_cols = matrix.shape
+    fig = Figure(figsize=(1.2 * n_cols + 2.5, 1.0 * n_rows + 1.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_facecolor("#e0e0e0")  # grey = no value (a task with itself, a pair never run)
+    image = ax.imshow(matrix.to_numpy(dtype=float), cmap=cmap, norm=norm)
+    ax.set_xticks(range(n_cols), matrix.columns, rotation=45, ha="right")
+    ax.set_yticks(range(n_rows), matrix.index)
+    for i, row in enumerate(matrix.index):
+        for j, col in enumerate(matrix.columns):
+            v = matrix.loc[row, col]
+            if np.isfinite(v):
+                text = labels[(row, col)] if labels else fmt(v)
+                r, g, b, _ = image.cmap(image.norm(v))
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # readable text on any cell colour
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    fig.colorbar(image, ax=ax, label=label)
+    return fig
+
+
+def layer_figure(layers: pd.DataFrame) -> Figure:
+    """Grouped bars: sparsity of each layer (encoder layers in order, then the pooler) per task."""
+    order = sorted(layers["layer"].unique(), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    tasks = sorted(layers["task"].unique())
+    fig = Figure(figsize=(max(5.0, 0.9 * len(order) * max(1, len(tasks)) ** 0.5 + 2), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(tasks)
+    for k, task in enumerate(tasks):
+        t = layers[layers["task"] == task].set_index("layer").reindex(order)
+        first = t.dropna(subset=["layer_sparsity"]).iloc[0]
+        ax.bar(np.arange(len(order)) + k * width - 0.4 + width / 2, 100 * t["layer_sparsity"], width,
+               label=f"{task} ({first['ticket']}, {100 * first['sparsity']:.1f}%)")
+    ax.set_xticks(range(len(order)), order)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("sparsity (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def _select(table: pd.DataFrame, model: str, method: str) -> pd.DataFrame:
+    return table[(table["model"] == model) & (table["method"] == method)]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[-80:] or "results"
+
+
+# ---------------------------------------------------------------- the page
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>raytickets report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}
+th {{ background: #f0f0f0; }}
+figure {{ margin: 2em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #555; font-size: 0.9em; }}
+</style>
+</head>
+<body>
+<h1>raytickets report</h1>
+<p>Matching sparsity: paper rule = highest sparsity with ticket mean &ge; full mean &minus; full std;
+strict rule = ticket mean &ge; full mean. Super ticket: the sparsity with the best mean; p from Welch's
+t-test over seeds (one-sided, ticket &gt; full model).</p>
+<h2>Summary</h2>
+{table}
+<h2>Figures</h2>
+{figures}
+<script>
+// Marks the page once every figure has decoded, so a headless browser can check the report renders.
+window.addEventListener("load", function () {{
+  var images = Array.prototype.slice.call(document.images);
+  var loaded = images.filter(function (i) {{ return i.complete && i.naturalWidth > 0; }}).length;
+  document.body.setAttribute("data-images-total", String(images.length));
+  document.body.setAttribute("data-images-loaded", String(loaded));
+  if (images.length > 0 && loaded === images.length) {{ document.title += " [rendered]"; }}
+}});
+</script>
+</body>
+</html>
+"""
+
+
+def render_html(summary: str, figures: list[tuple[str, str, bytes]]) -> str:
+    """The page: the summary table (from the Markdown) and every figure as a base64 data URI."""
+    parts = []
+    for name, caption, png in figures:
+        data = base64.b64encode(png).decode()
+        parts.append(f'<figure id="{html.escape(name)}"><img alt="{html.escape(caption)}" '
+                     f'src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+    if not figures:
+        parts.append("<p>No ticket rounds in these results: nothing to plot.</p>")
+    return PAGE.format(table=markdown_table_to_html(summary), figures="\n".join(parts))
+
+
+def markdown_table_to_html(markdown: str) -> str:
+    """A pipe table (header, separator, rows) as an HTML table; cells are escaped."""
+    def cells(line: str) -> list[str]:
+        return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+    lines = [line for line in markdown.strip().splitlines() if line.strip()]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cells(lines[0]))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(line)) + "</tr>" for line in lines[2:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -1,0 +1,450 @@
+"""Results as Parquet tables (`rounds`, `masks`, `tickets`): explicit schemas, atomic and idempotent writes.
+
+Layout under a results root (a local directory or any URI `pyarrow.fs.FileSystem.from_uri` accepts):
+
+    <root>/rounds/<hash of key>.parquet    one file per round row, key (trial, round, kind)
+    <root>/masks/<mask_id>.parquet         one file per mask, one row per tensor
+    <root>/tickets/<hash of trial>.parquet one file per finished trajectory
+
+One small file per key means rewriting a key replaces its file (a retried round never duplicates a row),
+and a file is written under a temporary name (prefix `.tmp-`, suffix `.partial`) and renamed into place,
+so a reader sees a complete file or none. pandas, `pyarrow.dataset` and DuckDB
+(`read_parquet('<root>/rounds/*.parquet')`) all read the tables directly; none of them matches the
+temporary names. Every file carries the table name and `SCHEMA_VERSION` in its Parquet metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import numbers
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Mapping
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .errors import ResultsError
+
+SCHEMA_VERSION = 1
+TMP_PREFIX = ".tmp-"
+TMP_SUFFIX = ".partial"
+META_TABLE = b"raytickets.table"
+META_VERSION = b"raytickets.schema_version"
+
+ROUND_KINDS = ("ticket", "random", "reinit", "shuffled", "oneshot", "standard", "full", "transfer")
+METHODS = ("magnitude", "structured")
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def _field(name: str, type_: pa.DataType, required: bool = False) -> pa.Field:
+    return pa.field(name, type_, nullable=not required)
+
+
+ROUNDS_SCHEMA = pa.schema([
+    _field("sweep", pa.string()),
+    _field("trial", pa.string(), True),
+    _field("task", pa.string(), True),
+    _field("model", pa.string(), True),
+    _field("method", pa.string(), True),
+    _field("scope", pa.string()),
+    _field("schedule", pa.string()),
+    _field("rate", pa.float64()),
+    _field("target_sparsity", pa.float64()),
+    _field("head_fraction", pa.float64()),
+    _field("ffn_fraction", pa.float64()),
+    _field("rewind_step", pa.int64()),
+    _field("seed", pa.int64(), True),
+    _field("round", pa.int64(), True),
+    _field("kind", pa.string(), True),
+    _field("sparsity", pa.float64(), True),
+    _field("metric_name", pa.string(), True),
+    _field("metric", pa.float64(), True),
+    _field("accuracy", pa.float64()),
+    _field("f1", pa.float64()),
+    _field("matthews", pa.float64()),
+    _field("pearson", pa.float64()),
+    _field("spearman", pa.float64()),
+    _field("full_metric", pa.float64()),
+    _field("training_steps", pa.int64()),
+    _field("wall_seconds", pa.float64()),
+    _field("mask_id", pa.string()),
+    _field("source_task", pa.string()),
+    _field("source_mask_id", pa.string()),
+    _field("started_at", TIMESTAMP),
+    _field("finished_at", TIMESTAMP),
+])
+
+MASKS_SCHEMA = pa.schema([
+    _field("mask_id", pa.string(), True),
+    _field("tensor", pa.string(), True),
+    _field("shape", pa.list_(pa.int64()), True),
+    _field("bits", pa.binary(), True),
+    _field("numel", pa.int64(), True),
+    _field("sparsity", pa.float64(), True),
+])
+
+TICKETS_SCHEMA = pa.schema([
+    _field("sweep", pa.string()),
+    _field("trial", pa.string(), True),
+    _field("task", pa.string(), True),
+    _field("model", pa.string(), True),
+    _field("method", pa.string(), True),
+    _field("schedule", pa.string()),
+    _field("rate", pa.float64()),
+    _field("seed", pa.int64(), True),
+    _field("rounds", pa.int64()),
+    _field("best_round", pa.int64()),
+    _field("best_sparsity", pa.float64()),
+    _field("best_metric", pa.float64()),
+    _field("final_round", pa.int64()),
+    _field("final_sparsity", pa.float64()),
+    _field("final_metric", pa.float64()),
+    _field("full_metric", pa.float64()),
+    _field("gain", pa.float64()),
+    _field("best_mask_id", pa.string()),
+    _field("final_mask_id", pa.string()),
+    _field("finished_at", TIMESTAMP),
+])
+
+SCHEMAS = {"rounds": ROUNDS_SCHEMA, "masks": MASKS_SCHEMA, "tickets": TICKETS_SCHEMA}
+
+
+# ---------------------------------------------------------------- filesystems and atomic files
+
+
+def open_filesystem(root: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or a URI such as `s3://bucket/results` or `file:///tmp/r`."""
+    text = os.fspath(root)
+    if "://" in text:
+        try:
+            return pafs.FileSystem.from_uri(text)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise ResultsError(f"results dir {text!r}: cannot open ({first_line(exc)})") from None
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
+
+
+def write_parquet_atomic(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:
+    """Write `table` to `path` so that a reader sees the whole file or no file, never a part of one."""
+    _write_atomic(fs, path, lambda out: pq.write_table(table, out, compression="zstd"))
+
+
+def write_bytes_atomic(data: bytes, fs: pafs.FileSystem, path: str) -> None:
+    """Write `data` to `path` with the same all-or-nothing guarantee (report pages, figures)."""
+    _write_atomic(fs, path, lambda out: out.write(data))
+
+
+def _write_atomic(fs: pafs.FileSystem, path: str, write: Callable[[Any], Any]) -> None:
+    directory, name = path.rsplit("/", 1) if "/" in path else (".", path)
+    tmp = f"{directory}/{TMP_PREFIX}{uuid.uuid4().hex}-{name}{TMP_SUFFIX}"
+    if isinstance(fs, pafs.LocalFileSystem):
+        _write_local(directory, tmp, path, write)
+        return
+    # Object stores publish an object only when its upload completes; the rename keeps the same
+    # "complete or absent" guarantee on any other filesystem pyarrow can open.
+    fs.create_dir(directory, recursive=True)
+    try:
+        with fs.open_output_stream(tmp) as out:
+            write(out)
+        fs.move(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.delete_file(tmp)
+        raise
+
+
+def _write_local(directory: str, tmp: str, path: str, write: Callable[[Any], Any]) -> None:
+    os.makedirs(directory, exist_ok=True)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable; not possible on every platform
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _key_file(*key: Any) -> str:
+    """A stable file name for a row key: the same key always maps to the same file."""
+    digest = hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:24]
+    return f"{digest}.parquet"
+
+
+def round_key(row: Mapping[str, Any]) -> tuple:
+    """The dedup key of a round row: (trial, round, kind); transfer rows add (task, source_task)
+    because one trial's mask may be transferred to several target tasks in the same round."""
+    key = (row["trial"], int(row["round"]), row["kind"])
+    if row["kind"] == "transfer":
+        key += (row["task"], row.get("source_task"))
+    return key
+
+
+# ---------------------------------------------------------------- row validation
+
+
+def _coerce_timestamp(value: Any, field: str) -> datetime | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ResultsError(f"{field}: {value!r} is not an ISO-8601 timestamp") from None
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, timezone.utc)
+    if isinstance(value, datetime):
+        # A naive time is taken to be UTC, as every raytickets writer records UTC.
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    raise ResultsError(f"{field}: {value!r} is not a timestamp (datetime, ISO string or epoch seconds)")
+
+
+def rows_to_table(table_name: str, rows: list[Mapping[str, Any]]) -> pa.Table:
+    """Validate rows against the table's schema and build an Arrow table; ResultsError names the bad field."""
+    schema = SCHEMAS[table_name]
+    for row in rows:
+        unknown = sorted(set(row) - set(schema.names))
+        if unknown:
+            raise ResultsError(f"{table_name}: unknown column(s) {unknown}; allowed: {', '.join(schema.names)}")
+    arrays = []
+    for field in schema:
+        values = [row.get(field.name) for row in rows]
+        if pa.types.is_timestamp(field.type):
+            values = [_coerce_timestamp(v, f"{table_name}.{field.name}") for v in values]
+        if not field.nullable and any(v is None for v in values):
+            raise ResultsError(f"{table_name}.{field.name}: missing or None, but it is required")
+        try:
+            arrays.append(pa.array(values, type=field.type))
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            bad = next((v for v in values if v is not None), None)
+            raise ResultsError(
+                f"{table_name}.{field.name}: value {bad!r} is not {field.type} ({first_line(exc)})"
+            ) from None
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    return table.replace_schema_metadata(
+        {META_TABLE: table_name.encode(), META_VERSION: str(SCHEMA_VERSION).encode()}
+    )
+
+
+def _check_round_values(row: Mapping[str, Any]) -> None:
+    if row.get("kind") not in ROUND_KINDS:
+        raise ResultsError(f"rounds.kind: {row.get('kind')!r} is not allowed; allowed: {', '.join(ROUND_KINDS)}")
+    if row.get("method") not in METHODS:
+        raise ResultsError(f"rounds.method: {row.get('method')!r} is not allowed; allowed: {', '.join(METHODS)}")
+    sparsity = row.get("sparsity")
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 <= float(sparsity) <= 1.0:
+        raise ResultsError(f"rounds.sparsity: {sparsity!r} is not a fraction in [0, 1]")
+
+
+# ---------------------------------------------------------------- the store
+
+
+class ResultsStore:
+    """The `rounds`, `masks` and `tickets` tables of one results root (local path or URI)."""
+
+    def __init__(self, root: str | os.PathLike, filesystem: pafs.FileSystem | None = None):
+        self.root = os.fspath(root)
+        if filesystem is None:
+            self.fs, self.base = open_filesystem(self.root)
+        else:  # an already-open filesystem (e.g. `SubTreeFileSystem`, a configured `S3FileSystem`)
+            self.fs, self.base = filesystem, self.root.rstrip("/")
+        info = self.fs.get_file_info(self.base)
+        if info.type == pafs.FileType.File:
+            raise ResultsError(f"results dir {self.root}: is a file, not a directory")
+
+    # ------------------------------------------------------------ paths
+    def path(self, *parts: str) -> str:
+        return "/".join([self.base.rstrip("/"), *parts])
+
+    def display(self, path: str) -> str:
+        """A path as the user wrote the root (so error messages show `s3://...` for S3 results)."""
+        rel = path[len(self.base.rstrip("/")) + 1:] if path.startswith(self.base.rstrip("/")) else path
+        return f"{self.root.rstrip('/')}/{rel}"
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type == pafs.FileType.File
+
+    # ------------------------------------------------------------ writes
+    def write_rounds(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Write round rows (one file each); a row whose key was written before replaces it. Returns the count.
+
+        Every row is validated before any file is written, so a bad row leaves the store untouched.
+        """
+        rows = [dict(row) for row in rows]
+        tables = []
+        for row in rows:
+            _check_round_values(row)
+            table = rows_to_table("rounds", [row])
+            tables.append((round_key(row), table))
+        for key, table in tables:
+            write_parquet_atomic(table, self.fs, self.path("rounds", _key_file("rounds", *key)))
+        return len(tables)
+
+    def write_mask(self, mask) -> str:
+        """Store a `Mask` (content-addressed: a mask already stored is not written again); returns its id."""
+        mask_id = mask.mask_id
+        path = self.path("masks", f"{mask_id}.parquet")
+        if self._exists(path):
+            return mask_id
+        rows = [{"mask_id": mask_id, **record} for record in mask.to_records()]
+        for row in rows:
+            _check_mask_record(row, self.display(path))
+        write_parquet_atomic(rows_to_table("masks", rows), self.fs, path)
+        return mask_id
+
+    def write_ticket(self, row: Mapping[str, Any]) -> None:
+        """Write the summary of one finished trajectory; rewriting the same trial replaces it."""
+        table = rows_to_table("tickets", [dict(row)])
+        write_parquet_atomic(table, self.fs, self.path("tickets", _key_file("tickets", row["trial"])))
+
+    # ------------------------------------------------------------ queries used while a sweep runs
+    def has_round(self, trial: str, round: int, kind: str, task: str | None = None,
+                  source_task: str | None = None) -> bool:
+        """Whether this round row is stored (transfer rows also need `task` and `source_task`)."""
+        key = round_key({"trial": trial, "round": round, "kind": kind, "task": task, "source_task": source_task})
+        return self._exists(self.path("rounds", _key_file("rounds", *key)))
+
+    def has_mask(self, mask_id: str) -> bool:
+        return self._exists(self.path("masks", f"{mask_id}.parquet"))
+
+    def completed_rounds(self, trial: str, kind: str = "ticket") -> set[int]:
+        """Round numbers of `trial` already stored with this kind (empty for a new results root)."""
+        frame = self._read("rounds", required=False)
+        if frame.empty:
+            return set()
+        done = frame[(frame["trial"] == trial) & (frame["kind"] == kind)]
+        return {int(r) for r in done["round"]}
+
+    # ------------------------------------------------------------ reads
+    def rounds(self) -> pd.DataFrame:
+        """All round rows, one per key (the latest `finished_at` wins if a key was stored twice)."""
+        return self._read("rounds")
+
+    def masks(self) -> pd.DataFrame:
+        """All stored mask records (one row per mask tensor)."""
+        return self._read("masks")
+
+    def tickets(self) -> pd.DataFrame:
+        """One row per finished trajectory."""
+        return self._read("tickets")
+
+    def load_mask(self, mask_id: str):
+        """The stored `Mask` with this id; ResultsError if absent, inconsistent or not matching its id."""
+        from .masks import Mask
+
+        path = self.path("masks", f"{mask_id}.parquet")
+        if not self._exists(path):
+            raise ResultsError(f"{self.display(path)}: mask {mask_id!r} is not stored in {self.root}")
+        table = self._read_file("masks", path)
+        records = table.to_pylist()
+        for record in records:
+            _check_mask_record(record, self.display(path))
+            if record["mask_id"] != mask_id:
+                raise ResultsError(f"{self.display(path)}: holds mask {record['mask_id']!r}, expected {mask_id!r}")
+        records = [{k: v for k, v in r.items() if k != "mask_id"} for r in records]
+        try:
+            mask = Mask.from_records(records)
+        except Exception as exc:  # the Mask's own validation (dtype, duplicate names, ...)
+            raise ResultsError(f"{self.display(path)}: not a valid mask ({first_line(exc)})") from None
+        if mask.mask_id != mask_id:
+            raise ResultsError(f"{self.display(path)}: content hash is {mask.mask_id}, not {mask_id} (file corrupted)")
+        return mask
+
+    def table_files(self, table_name: str) -> list[str]:
+        """The complete Parquet files of a table (temporary and hidden files excluded)."""
+        selector = pafs.FileSelector(self.path(table_name), allow_not_found=True)
+        return sorted(
+            info.path for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+            and not info.base_name.startswith((".", "_"))
+        )
+
+    def _read(self, table_name: str, required: bool = True) -> pd.DataFrame:
+        files = self.table_files(table_name)
+        schema = SCHEMAS[table_name]
+        if not files:
+            if required:
+                raise ResultsError(
+                    f"{self.display(self.path(table_name))}: no {table_name} table in results dir {self.root} "
+                    f"(no *.parquet files)"
+                )
+            return schema.empty_table().to_pandas()
+        # Threads overlap the per-file latency of object stores; pyarrow releases the GIL while reading.
+        with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+            tables = list(pool.map(lambda p: self._read_file(table_name, p), files))
+        frame = pa.concat_tables(tables).to_pandas()
+        return _dedupe(table_name, frame)
+
+    def _read_file(self, table_name: str, path: str) -> pa.Table:
+        where = self.display(path)
+        try:
+            table = pq.read_table(path, filesystem=self.fs)
+        except (pa.ArrowException, OSError) as exc:
+            raise ResultsError(f"{where}: not a complete Parquet file, truncated or corrupt ({first_line(exc)})") from None
+        meta = table.schema.metadata or {}
+        stored_name = meta.get(META_TABLE, b"").decode()
+        if stored_name != table_name:
+            raise ResultsError(f"{where}: metadata says table {stored_name or 'none'!r}, expected {table_name!r}")
+        try:
+            version = int(meta.get(META_VERSION, b""))
+        except ValueError:
+            raise ResultsError(f"{where}: no valid {META_VERSION.decode()} in its metadata") from None
+        if version > SCHEMA_VERSION:
+            raise ResultsError(
+                f"{where}: schema version {version} is newer than this raytickets reads ({SCHEMA_VERSION}); upgrade raytickets"
+            )
+        schema = SCHEMAS[table_name]
+        missing = [name for name in schema.names if name not in table.column_names]
+        if missing:
+            raise ResultsError(f"{where}: missing column(s) {missing} of the {table_name} table")
+        try:
+            return table.select(schema.names).cast(schema)
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise ResultsError(f"{where}: columns do not have the {table_name} schema's types ({first_line(exc)})") from None
+
+
+def _check_mask_record(record: Mapping[str, Any], where: str) -> None:
+    shape, numel, bits = list(record["shape"]), int(record["numel"]), record["bits"]
+    if math.prod(shape) != numel:
+        raise ResultsError(f"{where}: tensor {record['tensor']!r} has shape {shape} but numel {numel}")
+    if len(bits) != (numel + 7) // 8:
+        raise ResultsError(
+            f"{where}: tensor {record['tensor']!r} has {len(bits)} bytes of bits, shape {shape} needs {(numel + 7) // 8}"
+        )
+
+
+def _dedupe(table_name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per key; where a key appears twice (files copied between roots), the latest write wins."""
+    if table_name == "masks":
+        return frame.drop_duplicates(["mask_id", "tensor"], keep="last").reset_index(drop=True)
+    if table_name == "tickets":
+        keys = ["trial"]
+    else:
+        transfer = frame["kind"] == "transfer"
+        frame = frame.assign(
+            _task=frame["task"].where(transfer, ""), _source=frame["source_task"].where(transfer, "").fillna("")
+        )
+        keys = ["trial", "round", "kind", "_task", "_source"]
+    frame = frame.sort_values("finished_at", kind="stable", na_position="first")
+    frame = frame.drop_duplicates(keys, keep="last").drop(columns=["_task", "_source"], errors="ignore")
+    return frame.sort_index().reset_index(drop=True)

@@ -1,0 +1,284 @@
+"""analysis: hand-built results with known answers (super ticket, matching rules, overlap, transfer)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from raytickets import analysis
+from raytickets.errors import ResultsError
+from raytickets.masks import Mask
+from raytickets.store import ResultsStore
+
+# sst2: full model over 5 seeds has mean 0.900 and sample std sqrt(10e-6) = 0.0031623.
+FULL_SST2 = [0.900, 0.904, 0.896, 0.902, 0.898]
+# Ticket curve, 5 seeds per level. 40%: mean 0.910, one point (0.010) above the full model -> super ticket.
+# 60%: mean 0.899 is within one std of the full model (paper rule) but below its mean (strict rule fails).
+# 80%: mean 0.880, far below -> so the curve rises above the full model and falls below it: phase transition.
+CURVE_SST2 = {
+    0.2: [0.903, 0.905, 0.901, 0.904, 0.902],
+    0.4: [0.910, 0.912, 0.908, 0.911, 0.909],
+    0.6: [0.899, 0.901, 0.897, 0.900, 0.898],
+    0.8: [0.880, 0.882, 0.878, 0.881, 0.879],
+}
+# mrpc: no "full" rows (full_metric column used instead); the curve only falls: no phase transition.
+FULL_MRPC = [0.850, 0.852, 0.848]
+CURVE_MRPC = {0.2: [0.849, 0.851, 0.847], 0.4: [0.845, 0.846, 0.844], 0.6: [0.830, 0.831, 0.829]}
+
+
+def bert_shapes(layers=2, hidden=32, intermediate=64) -> dict[str, tuple[int, int]]:
+    shapes = {}
+    for layer in range(layers):
+        p = f"encoder.layer.{layer}."
+        for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+            shapes[p + name + ".weight"] = (hidden, hidden)
+        shapes[p + "intermediate.dense.weight"] = (intermediate, hidden)
+        shapes[p + "output.dense.weight"] = (hidden, intermediate)
+    shapes["pooler.dense.weight"] = (hidden, hidden)
+    return shapes
+
+
+def random_mask(shapes, sparsity: float, seed: int) -> Mask:
+    """Exactly round(sparsity * n) weights pruned, chosen uniformly without replacement."""
+    total = sum(math.prod(s) for s in shapes.values())
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.ones(total, dtype=torch.bool)
+    flat[torch.randperm(total, generator=g)[: round(sparsity * total)]] = False
+    tensors, start = {}, 0
+    for name, shape in shapes.items():
+        tensors[name] = flat[start:start + math.prod(shape)].reshape(shape)
+        start += math.prod(shape)
+    return Mask(tensors)
+
+
+def row(task, kind, sparsity, seed, metric, **extra) -> dict:
+    base = dict(
+        sweep="s", trial=f"{task}-seed{seed}", task=task, model="tiny", method="magnitude", scope="global",
+        schedule="remaining", rate=0.2, seed=seed, round=int(round(sparsity * 10)), kind=kind, sparsity=sparsity,
+        metric_name="accuracy", metric=metric, started_at="2024-01-01T00:00:00+00:00",
+        finished_at="2024-01-01T01:00:00+00:00",
+    )
+    return {**base, **extra}
+
+
+def build_results(root, shapes=None) -> ResultsStore:
+    """sst2 and mrpc curves with masks at every ticket level, and sst2 -> mrpc transfer rows."""
+    shapes = shapes or bert_shapes()
+    store = ResultsStore(root)
+    rows = [row("sst2", "full", 0.0, seed, v, round=0) for seed, v in enumerate(FULL_SST2)]
+    for task, curve, fulls in (("sst2", CURVE_SST2, FULL_SST2), ("mrpc", CURVE_MRPC, FULL_MRPC)):
+        for sparsity, values in curve.items():
+            for seed, v in enumerate(values):
+                mask = random_mask(shapes, sparsity, seed=1000 * seed + round(100 * sparsity) + 500 * (task == "mrpc"))
+                full = fulls[seed] if task == "mrpc" else None
+                rows.append(row(task, "ticket", sparsity, seed, v, mask_id=store.write_mask(mask), full_metric=full))
+                rows.append(row(task, "random", sparsity, seed, v - 0.05 - sparsity / 10))
+    for seed, v in enumerate([0.840, 0.842, 0.838]):
+        rows.append(row("mrpc", "transfer", 0.4, seed, v, source_task="sst2", trial=f"sst2-seed{seed}"))
+    store.write_rounds(rows)
+    return store
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    build_results(root)
+    return root, analysis.analyze(root)
+
+
+def task_row(tables, task) -> pd.Series:
+    t = tables["super_tickets"]
+    return t[t["task"] == task].iloc[0]
+
+
+def test_super_ticket_at_40_percent_beats_full_model_by_one_point(analysed):
+    root, tables = analysed
+    r = task_row(tables, "sst2")
+    assert r["full_mean"] == pytest.approx(0.900) and r["full_std"] == pytest.approx(math.sqrt(10e-6))
+    assert r["super_sparsity"] == 0.4 and r["super_seeds"] == 5 and r["full_seeds"] == 5
+    assert r["gain"] == pytest.approx(0.010, abs=1e-9)
+    # Welch by hand: se = sqrt(2.5e-6/5 + 10e-6/5) = 0.0015811, t = 0.010 / se = 6.3246,
+    # df = (2.5e-6)^2 / ((0.5e-6)^2/4 + (2e-6)^2/4) = 5.882; one-sided p = P(T_5.88 > 6.32) = 3.94e-4.
+    assert r["t_statistic"] == pytest.approx(6.3246, abs=1e-3)
+    assert 3e-4 < r["p_value"] < 5e-4
+    assert bool(r["phase_transition"])
+    written = pd.read_parquet(root / "analysis" / "super_tickets.parquet")
+    assert written.loc[written["task"] == "sst2", "p_value"].iloc[0] == pytest.approx(r["p_value"])
+
+
+def test_matching_sparsity_differs_between_paper_and_strict_rule(analysed):
+    _, tables = analysed
+    r = task_row(tables, "sst2")
+    assert r["matching_sparsity_paper"] == 0.6  # 0.899 >= 0.900 - 0.00316
+    assert r["matching_sparsity_strict"] == 0.4  # 0.899 < 0.900
+    levels = tables["super_tickets"].query("task == 'sst2'").set_index("sparsity")
+    assert list(levels.index) == [0.2, 0.4, 0.6, 0.8]
+    assert levels["matches_paper"].tolist() == [True, True, True, False]
+    assert levels["matches_strict"].tolist() == [True, True, False, False]
+    assert levels["is_super"].tolist() == [False, True, False, False]
+    assert levels.loc[0.6, "mean"] == pytest.approx(0.899) and levels.loc[0.6, "std"] == pytest.approx(math.sqrt(2.5e-6))
+
+
+def test_curve_without_phase_transition_and_full_metric_fallback(analysed):
+    _, tables = analysed
+    r = task_row(tables, "mrpc")
+    assert r["full_source"] == "full_metric column" and r["full_mean"] == pytest.approx(0.850)
+    assert not r["phase_transition"]
+    assert r["super_sparsity"] == 0.2 and r["gain"] == pytest.approx(-0.001)
+    assert r["matching_sparsity_paper"] == 0.2 and math.isnan(r["matching_sparsity_strict"])
+    assert r["p_value"] > 0.5  # the ticket is worse: "ticket > full" is not supported
+
+
+@pytest.mark.parametrize("means, expected", [
+    ([0.91, 0.95, 0.85], True),   # rises above 0.9, then falls below
+    ([0.89, 0.88, 0.85], False),  # never above
+    ([0.91, 0.95, 0.92], False),  # above, never falls below
+    ([0.85, 0.91, 0.90], False),  # below first, then above; ends exactly at the full mean (not below)
+    ([0.85, 0.91, 0.89], True),
+])
+def test_phase_transition_rule(means, expected):
+    assert analysis.phase_transition(np.array([0.2, 0.4, 0.6]), np.array(means), 0.9) is expected
+
+
+def test_curves_include_baselines(analysed):
+    _, tables = analysed
+    c = tables["curves"]
+    rnd = c[(c["task"] == "sst2") & (c["kind"] == "random") & (c["sparsity"] == 0.4)].iloc[0]
+    assert rnd["mean"] == pytest.approx(0.910 - 0.05 - 0.04) and rnd["seeds"] == 5
+
+
+def test_overlap_rows_add_up_and_match_chance_for_random_masks(analysed):
+    _, tables = analysed
+    o = tables["overlap"]
+    assert set(o["task_a"] + "/" + o["task_b"]) == {"mrpc/sst2"}
+    # sst2's matching ticket is at 60%, mrpc's at 20%; seeds 0-2 exist for both: seed-by-seed pairs.
+    pairs = o[o["scope"] == "overall"]
+    assert sorted(pairs["seed_a"]) == [0, 1, 2] and (pairs["seed_a"] == pairs["seed_b"]).all()
+    assert set(pairs["sparsity_a"]) == {0.2} and set(pairs["sparsity_b"]) == {0.6}
+    for (_, _), g in o.groupby(["seed_a", "seed_b"]):
+        overall = g[g["scope"] == "overall"].iloc[0]
+        for scope in ("layer", "kind"):
+            parts = g[g["scope"] == scope]
+            for col in ("total", "kept_a", "kept_b", "intersection", "union"):
+                assert parts[col].sum() == overall[col], (scope, col)
+        assert set(g.loc[g["scope"] == "layer", "group"]) == {"0", "1", "pooler"}
+        assert set(g.loc[g["scope"] == "kind", "group"]) == {
+            "query", "key", "value", "attention_output", "intermediate", "output", "pooler"}
+        # Independent random masks: Jaccard near ab/(a+b-ab). The sd of the Jaccard is about
+        # sqrt(n a b (1-a)(1-b)) * n / union^2 (delta method on a hypergeometric intersection).
+        n, a, b = overall["total"], overall["kept_a"] / overall["total"], overall["kept_b"] / overall["total"]
+        sd = math.sqrt(n * a * b * (1 - a) * (1 - b)) * (overall["kept_a"] + overall["kept_b"]) / overall["union"] ** 2
+        assert overall["random_jaccard"] == pytest.approx(a * b / (a + b - a * b))
+        assert abs(overall["jaccard"] - overall["random_jaccard"]) < 5 * sd
+        assert overall["ratio"] == pytest.approx(overall["jaccard"] / overall["random_jaccard"])
+
+
+def test_overlap_of_a_mask_with_itself_is_one():
+    mask = random_mask(bert_shapes(), 0.7, seed=3)
+    rows = analysis.aggregate_counts(analysis.tensor_counts(mask, mask))
+    assert {r["scope"] for r in rows} == {"overall", "layer", "kind"}
+    assert all(r["jaccard"] == 1.0 and r["intersection"] == r["kept_a"] for r in rows)
+    overall = next(r for r in rows if r["scope"] == "overall")
+    assert overall["random_jaccard"] == pytest.approx(0.3 * 0.3 / (0.6 - 0.09), abs=1e-4)
+
+
+def test_structured_tickets_count_shared_heads_and_ffn_neurons(tmp_path, tiny_model_dir):
+    shapes = bert_shapes()  # the tiny BERT's: 2 layers, hidden 32, 4 heads of 8, intermediate 64
+    def structured(heads: dict[int, list[int]], neurons: dict[int, list[int]]) -> Mask:
+        tensors = {n: torch.ones(s, dtype=torch.bool) for n, s in shapes.items()}
+        for layer, hs in heads.items():
+            for h in hs:
+                for part in ("query", "key", "value"):
+                    tensors[f"encoder.layer.{layer}.attention.self.{part}.weight"][h * 8:(h + 1) * 8] = False
+                tensors[f"encoder.layer.{layer}.attention.output.dense.weight"][:, h * 8:(h + 1) * 8] = False
+        for layer, ns in neurons.items():
+            tensors[f"encoder.layer.{layer}.intermediate.dense.weight"][ns] = False
+            tensors[f"encoder.layer.{layer}.output.dense.weight"][:, ns] = False
+        return Mask(tensors)
+
+    store = ResultsStore(tmp_path)
+    a = structured({0: [1], 1: [0, 2]}, {0: list(range(16)), 1: []})
+    b = structured({0: [1, 3], 1: [0]}, {0: list(range(8, 24)), 1: list(range(32))})
+    rows = []
+    for task, mask in (("rte", a), ("cola", b)):
+        mask_id = store.write_mask(mask)
+        rows.append(row(task, "full", 0.0, 0, 0.6, round=0, model=str(tiny_model_dir), method="structured"))
+        rows.append(row(task, "ticket", round(mask.sparsity(), 4), 0, 0.6, round=1, mask_id=mask_id,
+                        model=str(tiny_model_dir), method="structured", trial=f"{task}-structured"))
+    store.write_rounds(rows)
+    o = analysis.analyze(tmp_path)["overlap"]
+    assert set(o["scope"]) == {"overall", "layer", "kind", "head", "ffn"}
+    heads = o[o["scope"] == "head"].set_index("group")
+    # task_a = cola (b), task_b = rte (a). Alive heads: a: L0 {0,2,3}, L1 {1,3}; b: L0 {0,2}, L1 {1,2,3}.
+    assert heads.loc["all", ["kept_a", "kept_b", "intersection", "union"]].tolist() == [5, 5, 4, 6]
+    assert heads.loc["0", ["intersection", "union"]].tolist() == [2, 3]
+    ffn = o[o["scope"] == "ffn"].set_index("group")
+    # a prunes neurons 0-15 of layer 0; b prunes 8-23 of layer 0 and 0-31 of layer 1.
+    assert ffn.loc["0", ["kept_a", "kept_b", "intersection", "union"]].tolist() == [48, 48, 40, 56]
+    assert ffn.loc["1", ["kept_a", "kept_b", "intersection", "union"]].tolist() == [32, 64, 32, 64]
+    assert ffn.loc["all", "jaccard"] == pytest.approx((40 + 32) / (56 + 64))
+
+
+def test_transfer_relative_to_own_ticket_and_full_model(analysed):
+    _, tables = analysed
+    t = tables["transfer"].iloc[0]
+    assert (t["source_task"], t["task"], t["sparsity"], t["seeds"]) == ("sst2", "mrpc", 0.4, 3)
+    assert t["ticket_sparsity"] == 0.4 and t["ticket_mean"] == pytest.approx(0.845)
+    assert t["vs_ticket"] == pytest.approx(0.840 - 0.845) and t["vs_full"] == pytest.approx(0.840 - 0.850)
+
+
+def test_layer_sparsity_of_matching_tickets(analysed):
+    _, tables = analysed
+    ls = tables["layer_sparsity"]
+    sst2 = ls[ls["task"] == "sst2"]
+    assert list(sst2["layer"]) == ["0", "1", "pooler"] and (sst2["ticket"] == "matching").all()
+    assert sst2["sparsity"].iloc[0] == 0.6
+    sizes = np.array([8192, 8192, 1024])
+    assert float((sst2["layer_sparsity"].to_numpy() * sizes).sum() / sizes.sum()) == pytest.approx(0.6, abs=1e-4)
+
+
+def test_summary_markdown_reports_the_rules(analysed):
+    _, tables = analysed
+    md = analysis.summary_markdown(tables)
+    lines = md.strip().splitlines()
+    assert len(lines) == 4  # header, separator, mrpc, sst2
+    sst2 = next(line for line in lines if "| sst2 |" in line)
+    assert "60.0% / 40.0%" in sst2 and "| 40.0% |" in sst2 and "+0.0100" in sst2 and "| yes |" in sst2
+    assert "0.9000 ± 0.0032 (n=5)" in sst2
+
+
+def test_masks_with_different_shapes_are_refused_and_nothing_is_written(tmp_path):
+    store = ResultsStore(tmp_path)
+    small, big = bert_shapes(hidden=32), bert_shapes(hidden=16)
+    rows = []
+    for task, shapes in (("sst2", small), ("rte", big)):
+        mask_id = store.write_mask(random_mask(shapes, 0.5, seed=1))
+        rows += [row(task, "full", 0.0, 0, 0.9, round=0), row(task, "ticket", 0.5, 0, 0.9, mask_id=mask_id)]
+    store.write_rounds(rows)
+    with pytest.raises(ResultsError, match=r"masks/[0-9a-f]{16}\.parquet and .*masks/[0-9a-f]{16}\.parquet: .*disagree"):
+        analysis.analyze(tmp_path)
+    assert not (tmp_path / "analysis").exists()
+
+
+def test_analyze_without_results_is_a_clear_error(tmp_path):
+    with pytest.raises(ResultsError, match="no rounds table"):
+        analysis.analyze(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rounds_naming_unstored_masks_still_give_super_tickets_with_a_warning(tmp_path):
+    store = ResultsStore(tmp_path)
+    rows = []
+    for task in ("sst2", "rte"):
+        rows += [row(task, "full", 0.0, 0, 0.9, round=0), row(task, "ticket", 0.5, 0, 0.91, mask_id="feedfeedfeedfeed")]
+    store.write_rounds(rows)
+    with pytest.warns(UserWarning, match=r"2 (matching|super) ticket mask\(s\) .* not stored in .*masks \(e\.g\. feedfeedfeedfeed\)"):
+        tables = analysis.analyze(tmp_path)
+    assert tables["overlap"].empty and tables["layer_sparsity"].empty
+    assert task_row(tables, "rte")["super_sparsity"] == 0.5
+    assert pd.read_parquet(tmp_path / "analysis" / "overlap.parquet").columns.tolist() == \
+        analysis.ANALYSIS_SCHEMAS["overlap"].names
