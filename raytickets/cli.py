@@ -1,0 +1,251 @@
+"""The `raytickets` command: finetune, imp, sweep, analyze, report, export.
+
+Flags are shortcuts for config fields; any field can also be set as `key.sub=value` (e.g.
+`train.learning_rate=3e-5 prune.scope=per_tensor`). Bad input is reported as one line, exit code 2,
+before any model is loaded or any Ray started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import RayticketsError
+
+# flag -> config field (TicketConfig paths)
+_TICKET_FLAGS = {
+    "task": "task",
+    "model": "model",
+    "glue_dir": "data.glue_dir",
+    "max_train_examples": "data.max_train_examples",
+    "max_dev_examples": "data.max_dev_examples",
+    "max_seq_length": "data.max_seq_length",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "learning_rate": "train.learning_rate",
+    "batch_size": "train.batch_size",
+    "seed": "train.seed",
+    "method": "prune.method",
+    "schedule": "prune.schedule",
+    "scope": "prune.scope",
+    "rate": "prune.rate",
+    "rounds": "prune.rounds",
+    "target_sparsity": "prune.target_sparsity",
+    "rewind_step": "prune.rewind_step",
+    "baselines": "prune.baselines",
+    "head_fraction": "prune.head_fraction",
+    "ffn_fraction": "prune.ffn_fraction",
+}
+
+
+def _add_ticket_flags(p: argparse.ArgumentParser, pruning: bool) -> None:
+    p.add_argument("--config", help="YAML file with a ticket config (flags and overrides win over it)")
+    p.add_argument("--task", help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")
+    p.add_argument("--model", help="minilm (packaged, default), bert-base, bert-large, a directory or a hub id")
+    p.add_argument("--glue-dir", help="directory in the original GLUE TSV layout (default: Hugging Face hub)")
+    p.add_argument("--max-train-examples", type=int, help="seeded subsample of the training split")
+    p.add_argument("--max-dev-examples", type=int, help="seeded subsample of the dev split")
+    p.add_argument("--max-seq-length", type=int)
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", type=int, help="optimiser steps per fine-tuning run (overrides --epochs)")
+    p.add_argument("--learning-rate", "--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    if pruning:
+        p.add_argument("--method", help="magnitude (Chen et al. 2020) or structured (Liang et al. 2021)")
+        p.add_argument("--schedule", help="remaining: prune rate of what is left; original: of the original count")
+        p.add_argument("--scope", help="global (default) or per_tensor magnitude ranking")
+        p.add_argument("--rate", type=float, help="fraction pruned per round, in (0, 1)")
+        p.add_argument("--rounds", type=int)
+        p.add_argument("--target-sparsity", type=float, help="stop at this sparsity (last round prunes exactly to it)")
+        p.add_argument("--rewind-step", type=int, help="0: pre-trained weights; k: full model after k steps")
+        p.add_argument("--baselines", help="comma list of random, reinit, shuffled, oneshot, standard")
+        p.add_argument("--head-fraction", type=float, help="structured: fraction of attention heads to prune")
+        p.add_argument("--ffn-fraction", type=float, help="structured: fraction of feed-forward units to prune")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config field")
+
+
+def _ticket_config(args, imp: bool = True):
+    from .config import TicketConfig, apply_overrides, build, read_yaml
+
+    data = read_yaml(args.config) if args.config else {}
+    flags = [f"{path}={_yaml_value(getattr(args, flag))}" for flag, path in _TICKET_FLAGS.items()
+             if getattr(args, flag, None) is not None]
+    cfg = build(TicketConfig, apply_overrides(data, flags + list(args.overrides)))
+    cfg.validate(imp=imp)  # finetune prunes nothing: it needs no rounds or target sparsity
+    return cfg
+
+
+def _yaml_value(v) -> str:
+    return json.dumps(v) if isinstance(v, str) and "," not in v else str(v)
+
+
+def cmd_finetune(args) -> int:
+    from .config import to_dict
+
+    cfg = _ticket_config(args, imp=False)
+    if args.random_mask is not None and not 0 <= args.random_mask < 1:
+        raise RayticketsError(f"--random-mask: {args.random_mask} must be in [0, 1)")
+    if args.mask and not Path(args.mask).is_file():
+        raise RayticketsError(f"--mask: file {args.mask!r} does not exist")
+
+    import torch
+    from safetensors.torch import save_file
+
+    from .masks import Mask
+    from .pruning import random_prune
+    from .tickets import prunable_of, prepare
+    from .train import finetune
+
+    prep = prepare(cfg)
+    params = prunable_of(cfg, prep.model)
+    mask = None
+    if args.mask:
+        mask = Mask.load(args.mask)
+        mask.validate(params)  # MaskError names the tensor before any training
+    elif args.random_mask:
+        gen = torch.Generator().manual_seed(cfg.train.seed)
+        mask = random_prune(Mask.ones_like(params), args.random_mask, "global", gen)
+    res = finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, cfg.train, mask, params)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "task": cfg.task,
+        "model": cfg.model,
+        "metrics": res.metrics,
+        "main_metric": prep.task.main_metric,
+        "sparsity": mask.sparsity() if mask is not None else 0.0,
+        "steps": res.steps,
+        "seconds": round(res.seconds, 2),
+        "config": to_dict(cfg),
+    }
+    if mask is not None:
+        mask.save(out / "mask.safetensors")
+    state = {k: v.detach().contiguous() for k, v in prep.model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    _write_json(out / "metrics.json", result)
+    print(json.dumps({k: result[k] for k in ("task", "metrics", "sparsity", "steps", "seconds")}, indent=2))
+    return 0
+
+
+def cmd_imp(args) -> int:
+    cfg = _ticket_config(args)
+    from .tickets import Trajectory
+
+    traj = Trajectory(cfg, args.out)
+    print(f"run {traj.id}: {traj.dir}", flush=True)
+
+    def show(r, rows, resumed):
+        for row in rows:
+            tag = " (saved)" if resumed else ""
+            print(f"  round {r} {row['kind']:8s} sparsity {row['sparsity']:.4f} {row['metric_name']} {row['metric']:.4f}{tag}", flush=True)
+
+    rows = traj.run(on_round=show)
+    print(imp_table(rows))
+    return 0
+
+
+def imp_table(rows: list[dict]) -> str:
+    """Round, sparsity, ticket metric, baseline metrics and the full model's metric, one line a round."""
+    kinds = [k for k in dict.fromkeys(r["kind"] for r in rows) if k not in ("full", "ticket")]
+    full = next(r["metric"] for r in rows if r["kind"] == "full")
+    name = rows[0]["metric_name"]
+    head = f"{'round':>5} {'sparsity':>8} {'ticket':>8} " + " ".join(f"{k:>8}" for k in kinds) + f" {'full':>8}"
+    lines = [f"metric: {name}", head]
+    for r in sorted({r["round"] for r in rows}):
+        at = {row["kind"]: row for row in rows if row["round"] == r}
+        ticket = at.get("ticket") or at.get("full")
+        cells = " ".join(f"{at[k]['metric']:8.4f}" if k in at else f"{'':>8}" for k in kinds)
+        lines.append(f"{r:5d} {ticket['sparsity']:8.4f} {ticket['metric']:8.4f} {cells} {full:8.4f}")
+    return "\n".join(lines)
+
+
+def cmd_sweep(args) -> int:
+    from . import sweep
+
+    return sweep.main(args.sweep_args)
+
+
+def cmd_analyze(args) -> int:
+    from .analysis import analyze, summary_markdown
+
+    tables = analyze(args.results_dir, args.out)
+    print(summary_markdown(tables))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.results_dir, args.out)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .store import ResultsStore
+
+    mask = ResultsStore(args.results_dir).load_mask(args.mask_id)
+    mask.save(args.out)
+    print(f"mask {args.mask_id}: sparsity {mask.sparsity():.4f} -> {args.out}")
+    return 0
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raytickets", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("finetune", help="fine-tune one model (optionally under a mask) and evaluate it")
+    _add_ticket_flags(f, pruning=False)
+    f.add_argument("--mask", help="a mask file (safetensors) to fine-tune under")
+    f.add_argument("--random-mask", type=float, metavar="SPARSITY", help="fine-tune under a seeded random mask")
+    f.set_defaults(func=cmd_finetune)
+
+    i = sub.add_parser("imp", help="run one ticket trajectory (IMP or structured) with baselines")
+    _add_ticket_flags(i, pruning=True)
+    i.set_defaults(func=cmd_imp)
+
+    s = sub.add_parser("sweep", help="the distributed sweep (same as python -m raytickets.sweep)", add_help=False)
+    s.add_argument("sweep_args", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_sweep)
+
+    a = sub.add_parser("analyze", help="super tickets, matching sparsity, overlap and transfer tables")
+    a.add_argument("results_dir")
+    a.add_argument("--out", help="where the tables go (default RESULTS_DIR/analysis)")
+    a.set_defaults(func=cmd_analyze)
+
+    r = sub.add_parser("report", help="HTML report with figures and a Markdown summary")
+    r.add_argument("results_dir")
+    r.add_argument("--out", help="where the report goes (default RESULTS_DIR/report)")
+    r.set_defaults(func=cmd_report)
+
+    e = sub.add_parser("export", help="write a stored ticket mask to a safetensors file (for finetune --mask)")
+    e.add_argument("results_dir")
+    e.add_argument("--mask-id", required=True)
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RayticketsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
