@@ -282,6 +282,7 @@ class ResourcesConfig:
 class SweepConfig:
     name: str = "sweep"
     storage_path: str = "results"  # local directory or s3://bucket/prefix (every node must reach it)
+    results_dir: str | None = None  # Parquet tables; default <storage_path>/<name>/results
     ticket: TicketConfig = field(default_factory=TicketConfig)  # defaults for every trial
     search: SearchConfig = field(default_factory=SearchConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)

@@ -50,6 +50,8 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
         cfg.ticket.model = str(Path(cfg.ticket.model).expanduser().resolve())
     if "://" not in cfg.storage_path:
         cfg.storage_path = str(Path(cfg.storage_path).expanduser().resolve())
+    if cfg.results_dir and "://" not in cfg.results_dir:
+        cfg.results_dir = str(Path(cfg.results_dir).expanduser().resolve())
     if cfg.search.transfer_from and "://" not in cfg.search.transfer_from:
         cfg.search.transfer_from = str(Path(cfg.search.transfer_from).expanduser().resolve())
     return cfg
@@ -67,6 +69,8 @@ def work_dir(cfg: SweepConfig) -> Path:
 
 
 def results_dir(cfg: SweepConfig) -> str:
+    if cfg.results_dir:
+        return cfg.results_dir
     if "://" in cfg.storage_path:
         return f"{sweep_dir(cfg)}/results"
     return str(Path(cfg.storage_path).expanduser().resolve() / cfg.name / "results")
