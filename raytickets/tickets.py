@@ -103,6 +103,15 @@ def _agree(value):
     return box[0]
 
 
+def _gather(value) -> list:
+    """`value` from every rank, in rank order."""
+    if world()[1] == 1:
+        return [value]
+    out = [None] * world()[1]
+    dist.all_gather_object(out, value)
+    return out
+
+
 def _sync_mask(mask: Mask) -> Mask:
     """Make every DDP rank hold rank 0's mask (importance scores differ across data shards)."""
     if world()[1] == 1:
@@ -181,6 +190,7 @@ class Trajectory:
         self.full_dir = self.root / "full" / full_id(cfg)
         self.device = torch.device(device)
         self.rank = world()[0]
+        self.replica_mask_ids: dict[int, list[str]] = {}  # round -> every rank's mask id
 
     # -- state on disk ------------------------------------------------------------------------------
     def round_dir(self, r: int) -> Path:
@@ -239,7 +249,6 @@ class Trajectory:
         return self.rows()
 
     def _check_rewind_step(self, prep: Prepared) -> None:
-        from .errors import ConfigError
         from .train import total_steps
 
         steps = total_steps(len(prep.train), self.cfg.train, world()[1])
@@ -299,6 +308,9 @@ class Trajectory:
         prep.model.load_state_dict(state)
         target = self._target(r)
         new_mask = _sync_mask(self._prune(r, prep, params, mask, target))
+        self.replica_mask_ids[r] = _gather(new_mask.mask_id)
+        if len(set(self.replica_mask_ids[r])) != 1:  # DDP replicas must train the same subnetwork
+            raise RuntimeError(f"round {r}: ranks hold different masks {self.replica_mask_ids[r]}")
         sparsity = new_mask.sparsity()
         rewind(prep.model, rewind_point, prep.head)
         res = finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, cfg.train, new_mask, params)

@@ -1,0 +1,501 @@
+"""The ticket trajectory: schedules to the weight, rewinding, nested masks, baselines, structured tickets,
+run ids, the shared full model, resuming, bad input and the `imp` command — on a tiny BERT and real RTE rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from raytickets import cli
+from raytickets.config import DataConfig, PruneConfig, TicketConfig, TrainConfig
+from raytickets.errors import ConfigError
+from raytickets.masks import Mask
+from raytickets.models import encoder_state, load_model, prunable_parameters, tiny_bert
+from raytickets.pruning import magnitude_prune, select_structured, structured_importance, structured_mask
+from raytickets.tickets import Trajectory, full_id, mask_of_round, prepare, prunable_of, rewind, run_id
+from raytickets.train import finetune
+
+REPO = Path(__file__).resolve().parents[1]
+# The tiny BERT's prunable weights: 2 layers x (4 x 32·32 attention + 2 x 32·64 FFN) + a 32·32 pooler.
+TOTAL = 2 * (4 * 32 * 32 + 2 * 32 * 64) + 32 * 32
+HEADS, LAYERS, NEURONS, HEAD_DIM = 4, 2, 64, 8
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tokenized")
+
+
+@pytest.fixture
+def make_cfg(tiny_model_dir, glue_dir, cache_dir):
+    """A ticket config on the tiny model and 16 RTE rows; keyword `section__field=value` overrides."""
+
+    def make(task="rte", **fields) -> TicketConfig:
+        cfg = TicketConfig(
+            task=task,
+            model=str(tiny_model_dir),
+            data=DataConfig(glue_dir=str(glue_dir), max_train_examples=16, max_dev_examples=16, max_seq_length=64,
+                            cache_dir=str(cache_dir)),
+            train=TrainConfig(max_steps=2, batch_size=8, eval_batch_size=16, learning_rate=1e-3),
+            prune=PruneConfig(rounds=2, rate=0.2, importance_batches=2),
+        )
+        for key, value in fields.items():
+            section, _, name = key.partition("__")
+            setattr(getattr(cfg, section), name, value)
+        cfg.validate()
+        return cfg
+
+    return make
+
+
+def schedule(name: str, p: float, r: int) -> float:
+    """The schedules written out independently of the code: of the remaining weights, or of the original count."""
+    return 1 - (1 - p) ** r if name == "remaining" else r * p
+
+
+def pruned_per_tensor(mask: Mask) -> dict[str, int]:
+    return {name: int((~t).sum()) for name, t in mask.tensors.items()}
+
+
+def assert_at_sparsity(mask: Mask, target: float, scope: str) -> None:
+    """Exactly round(target·n) weights pruned: of all weights (global) or of every tensor (per_tensor)."""
+    if scope == "global":
+        assert mask.num_pruned == round(target * TOTAL)
+    else:
+        assert pruned_per_tensor(mask) == {n: round(target * t.numel()) for n, t in mask.tensors.items()}
+
+
+def assert_nested(masks: list[Mask]) -> None:
+    """Every round's kept set is inside the previous round's: pruned weights stay pruned."""
+    for before, after in zip(masks, masks[1:]):
+        for name in before.names:
+            assert not bool((after.tensors[name] & ~before.tensors[name]).any()), name
+
+
+def removed_units(mask: Mask) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+    """Heads and neurons a mask removes entirely, read off the weights (not from the pruning code)."""
+    heads, neurons = {}, {}
+    for l in range(LAYERS):
+        t = {k: mask.tensors[f"encoder.layer.{l}.{k}.weight"] for k in (
+            "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+            "intermediate.dense", "output.dense")}
+        heads[l] = [h for h in range(HEADS) if not any(
+            bool(t[k][h * HEAD_DIM:(h + 1) * HEAD_DIM].any()) for k in
+            ("attention.self.query", "attention.self.key", "attention.self.value"))
+            and not bool(t["attention.output.dense"][:, h * HEAD_DIM:(h + 1) * HEAD_DIM].any())]
+        neurons[l] = [i for i in range(NEURONS)
+                      if not bool(t["intermediate.dense"][i].any()) and not bool(t["output.dense"][:, i].any())]
+    return heads, neurons
+
+
+def params_of(mask: Mask) -> dict[str, torch.Tensor]:
+    """Stand-in parameters with a mask's names and shapes (structured_mask only reads shapes)."""
+    return {n: torch.empty(t.shape) for n, t in mask.tensors.items()}
+
+
+def comparable(row: dict) -> dict:
+    """A row without what legitimately differs between two identical runs (clock times)."""
+    return {k: v for k, v in row.items() if k not in ("started_at", "finished_at", "wall_seconds")}
+
+
+# -- sparsity schedules ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+@pytest.mark.parametrize("schedule_name", ["remaining", "original"])
+def test_every_round_prunes_to_the_schedule_to_the_weight(make_cfg, tmp_path, schedule_name, scope):
+    cfg = make_cfg(prune__schedule=schedule_name, prune__scope=scope, prune__rate=0.2, prune__rounds=3)
+    traj = Trajectory(cfg, tmp_path)
+    rows = traj.run()
+    assert [(r["round"], r["kind"]) for r in rows] == [(0, "full"), (1, "ticket"), (2, "ticket"), (3, "ticket")]
+    masks = [mask_of_round(tmp_path, cfg, r) for r in (1, 2, 3)]
+    for r, (mask, row) in enumerate(zip(masks, rows[1:]), start=1):
+        assert_at_sparsity(mask, schedule(schedule_name, 0.2, r), scope)
+        assert row["sparsity"] == mask.sparsity() and row["mask_id"] == mask.mask_id
+        assert row["schedule"] == schedule_name and row["scope"] == scope
+    assert_nested(masks)
+    # Round 1 ranks the fine-tuned full model's weights, not the pre-trained ones.
+    full = load_file(str(traj.full_dir / "weights.safetensors"))
+    ones = Mask.ones_like(masks[0].tensors)
+    by_full = magnitude_prune({n: full[f"bert.{n}"] for n in ones.names}, ones, schedule(schedule_name, 0.2, 1), scope)
+    assert masks[0] == by_full
+    # The last round trained under its mask: its pruned weights are exactly zero.
+    final = load_file(str(traj.round_dir(3) / "weights.safetensors"))
+    for name, keep in masks[2].tensors.items():
+        assert bool((final[f"bert.{name}"][~keep] == 0).all()), name
+        assert bool((final[f"bert.{name}"][keep] != 0).any()), name
+
+
+@pytest.mark.parametrize("schedule_name, rate, rounds", [("remaining", 0.3, 2), ("original", 0.2, 3)])
+def test_target_sparsity_stops_the_trajectory_and_the_last_round_prunes_exactly_to_it(
+    make_cfg, tmp_path, schedule_name, rate, rounds
+):
+    cfg = make_cfg(prune__schedule=schedule_name, prune__rate=rate, prune__rounds=None, prune__target_sparsity=0.5)
+    assert cfg.prune.num_rounds() == rounds
+    traj = Trajectory(cfg, tmp_path)
+    rows = traj.run()
+    assert [r["round"] for r in rows] == list(range(rounds + 1))
+    assert traj.done_rounds() == list(range(1, rounds + 1)) and not traj.round_dir(rounds + 1).exists()
+    masks = [mask_of_round(tmp_path, cfg, r) for r in range(1, rounds + 1)]
+    for r, mask in enumerate(masks[:-1], start=1):
+        assert mask.num_pruned == round(schedule(schedule_name, rate, r) * TOTAL)
+    assert masks[-1].num_pruned == TOTAL // 2  # exactly the target, although the schedule would overshoot it
+    assert schedule(schedule_name, rate, rounds) > 0.5
+    assert_nested(masks)
+
+
+# -- rewinding ---------------------------------------------------------------------------------------
+
+
+def test_rewind_after_fine_tuning_restores_every_surviving_weight_bit_for_bit(make_cfg):
+    cfg = make_cfg(train__max_steps=3)
+    prep = prepare(cfg)
+    params = prunable_of(cfg, prep.model)
+    fresh = load_model(cfg.model, prep.task.num_labels, seed=cfg.train.seed)  # pre-trained encoder, same head
+    live = {id(t.untyped_storage()) for t in prep.model.state_dict().values()}
+    assert not any(id(t.untyped_storage()) in live for t in prep.pretrained.values())
+    mask = magnitude_prune(params, Mask.ones_like(params), 0.3)
+    finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, cfg.train, mask, params)
+    trained = prep.model.state_dict()
+    expected = fresh.state_dict()
+    changed = [n for n in expected if not torch.equal(trained[n], expected[n])]
+    assert any(n.startswith("bert.encoder") for n in changed) and "classifier.weight" in changed
+
+    rewind(prep.model, prep.pretrained, prep.head)
+    mask.apply(params)
+    state = prep.model.state_dict()
+    for name, value in expected.items():
+        bare = name.removeprefix("bert.")
+        if bare in mask.tensors:
+            keep = mask.tensors[bare]
+            assert torch.equal(state[name][keep], value[keep]), name  # survivors: the pre-trained value
+            assert bool((state[name][~keep] == 0).all()), name
+        else:
+            assert torch.equal(state[name], value), name  # embeddings, biases, LayerNorm, the task head
+
+
+def test_late_rewind_point_is_the_full_model_after_k_steps(make_cfg, tmp_path):
+    cfg = make_cfg(train__max_steps=3, prune__rewind_step=1, prune__rounds=1)
+    traj = Trajectory(cfg, tmp_path)
+    traj.run()
+    saved = load_file(str(traj.full_dir / "rewind.safetensors"))
+
+    prep = prepare(cfg)  # the same full-model run again, watched step by step
+    after = {}
+    finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, cfg.train,
+             on_step=lambda step, loss: after.setdefault(step, encoder_state(prep.model)))
+    assert saved.keys() == after[1].keys()
+    for name in saved:
+        assert torch.equal(saved[name], after[1][name]), name
+    for other in (prep.pretrained, after[3]):
+        assert any(not torch.equal(saved[n], other[n]) for n in saved)
+
+
+def test_rewind_step_beyond_the_epoch_steps_fails_before_training(make_cfg, tmp_path):
+    # No max_steps: the step count (16 rows / batch 8 x 1 epoch = 2) is only known once the data is read.
+    cfg = make_cfg(train__max_steps=None, train__epochs=1.0, prune__rewind_step=5)
+    traj = Trajectory(cfg, tmp_path)
+    with pytest.raises(ConfigError, match=r"prune\.rewind_step: 5 is beyond the 2 training steps"):
+        traj.run()
+    assert not traj.full_dir.exists() and traj.done_rounds() == []
+
+
+# -- baselines ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+def test_baselines_run_at_the_tickets_exact_sparsity(make_cfg, tmp_path, scope):
+    baselines = ["random", "reinit", "shuffled", "oneshot", "standard"]
+    cfg = make_cfg(prune__scope=scope, prune__baselines=baselines)
+    traj = Trajectory(cfg, tmp_path)
+    rows = traj.run()
+    full = load_file(str(traj.full_dir / "weights.safetensors"))
+    for r in (1, 2):
+        at = {row["kind"]: row for row in rows if row["round"] == r}
+        assert list(at) == ["ticket", *baselines]
+        ticket = traj.mask_for(at["ticket"])
+        assert_at_sparsity(ticket, schedule("remaining", 0.2, r), scope)
+        for kind in baselines:
+            mask = traj.mask_for(at[kind])
+            assert at[kind]["sparsity"] == at["ticket"]["sparsity"], kind
+            assert mask.num_pruned == ticket.num_pruned, kind
+            if scope == "per_tensor":
+                assert pruned_per_tensor(mask) == pruned_per_tensor(ticket), kind
+        assert traj.mask_for(at["random"]) != ticket
+        for kind in ("reinit", "shuffled", "standard"):
+            assert traj.mask_for(at[kind]) == ticket, kind
+        ones = Mask.ones_like(ticket.tensors)
+        full_weights = {n: full[f"bert.{n}"] for n in ones.names}
+        assert traj.mask_for(at["oneshot"]) == magnitude_prune(full_weights, ones, schedule("remaining", 0.2, r), scope)
+
+
+def test_baseline_starting_points(make_cfg, tmp_path):
+    cfg = make_cfg()
+    traj = Trajectory(cfg, tmp_path)
+    prep = prepare(cfg)
+    params = prunable_of(cfg, prep.model)
+    full_state = {k: v.clone() for k, v in prep.model.state_dict().items()}
+    ticket = magnitude_prune(params, Mask.ones_like(params), 0.2)
+
+    def start(kind):
+        return traj.baseline_start(kind, 1, prep, params, ticket, 0.2, full_state, prep.pretrained)
+
+    mask, weights = start("reinit")
+    assert mask == ticket
+    for name in params:
+        assert not torch.equal(weights[name], prep.pretrained[name]), name
+    mask, weights = start("shuffled")
+    assert mask == ticket
+    for name, value in prep.pretrained.items():
+        if name in params:  # the same values, in another order, within each tensor
+            assert not torch.equal(weights[name], value), name
+            assert torch.equal(weights[name].flatten().sort().values, value.flatten().sort().values), name
+        else:
+            assert torch.equal(weights[name], value), name
+    mask, weights = start("random")
+    assert mask != ticket and mask.num_pruned == ticket.num_pruned == round(0.2 * TOTAL)
+    assert weights is prep.pretrained
+    assert start("standard") == (ticket, None)  # no rewinding: the previous round's fine-tuned model
+
+
+# -- structured tickets -----------------------------------------------------------------------------
+
+
+def test_structured_trajectory_removes_the_requested_heads_and_neurons(make_cfg, tmp_path):
+    structured = dict(prune__method="structured", prune__head_fraction=0.5, prune__ffn_fraction=0.5, prune__rounds=2)
+    cfg = make_cfg(**structured, prune__baselines=["random"])
+    traj = Trajectory(cfg, tmp_path)
+    rows = traj.run()
+    prep = prepare(cfg)
+    masks = []
+    for r in (1, 2):
+        at = {row["kind"]: row for row in rows if row["round"] == r}
+        ticket, random = traj.mask_for(at["ticket"]), traj.mask_for(at["random"])
+        masks.append(ticket)
+        for mask in (ticket, random):
+            heads, neurons = removed_units(mask)
+            # linear over the rounds: 2 of 8 heads and 32 of 128 neurons, then 4 and 64
+            assert sum(map(len, heads.values())) == 2 * r and sum(map(len, neurons.values())) == 32 * r
+            assert all(len(hs) < HEADS for hs in heads.values())
+            assert mask == structured_mask(params_of(mask), prep.model.config, heads, neurons)  # whole units only
+        assert random != ticket and at["random"]["sparsity"] == at["ticket"]["sparsity"]
+    assert_nested(masks)
+
+    # Round 1 removes the least important units of the fine-tuned full model.
+    prep.model.load_state_dict(load_file(str(traj.full_dir / "weights.safetensors")))
+    importance = structured_importance(prep.model, traj._importance_batches(prep))
+    least = select_structured(importance, 0.25, 0.25)
+    assert masks[0] == structured_mask(params_of(masks[0]), prep.model.config, *least)
+
+    losing = Trajectory(make_cfg(**structured, prune__losing=True), tmp_path)
+    losing.run()
+    assert losing.full_dir == traj.full_dir  # same full model, so the same importance scores
+    for r in (1, 2):
+        win_heads, win_neurons = removed_units(mask_of_round(tmp_path, traj.cfg, r))
+        lose_heads, lose_neurons = removed_units(mask_of_round(tmp_path, losing.cfg, r))
+        assert win_heads != lose_heads and win_neurons != lose_neurons
+        assert sum(map(len, lose_heads.values())) == 2 * r and sum(map(len, lose_neurons.values())) == 32 * r
+        assert all(len(hs) < HEADS for hs in lose_heads.values())
+
+
+def test_head_fraction_removing_every_head_of_a_layer_fails_before_training(make_cfg, tmp_path):
+    cfg = make_cfg(prune__method="structured", prune__head_fraction=0.9, prune__rounds=2)
+    traj = Trajectory(cfg, tmp_path)
+    with pytest.raises(ConfigError, match=r"prune\.head_fraction: 0\.9 would remove every head of a layer"):
+        traj.run()
+    assert not traj.full_dir.exists() and traj.done_rounds() == []
+
+
+# -- runs indexed by their settings ------------------------------------------------------------------
+
+
+def test_run_ids_follow_the_settings_that_change_results(make_cfg, tmp_path):
+    base = make_cfg()
+    assert run_id(base) == run_id(make_cfg())
+    assert Trajectory(base, tmp_path).dir == Trajectory(make_cfg(), tmp_path).dir
+    for changed in (make_cfg(train__seed=1), make_cfg(prune__rate=0.3), make_cfg(task="mrpc"),
+                    make_cfg(prune__schedule="original"), make_cfg(prune__rewind_step=1)):
+        assert run_id(changed) != run_id(base)
+    other_data = make_cfg(data__glue_dir=str(tmp_path), data__cache_dir=str(tmp_path / "elsewhere"))
+    assert run_id(other_data) == run_id(base) and full_id(other_data) == full_id(base)
+    # The full model does not depend on how it is pruned later, only on what is trained.
+    assert full_id(make_cfg(prune__rate=0.3, prune__schedule="original")) == full_id(base)
+    assert full_id(make_cfg(train__seed=1)) != full_id(base) and full_id(make_cfg(task="mrpc")) != full_id(base)
+
+
+def test_full_model_is_computed_once_and_shared_by_trajectories_with_different_rates(make_cfg, tmp_path):
+    seen = []
+    first = Trajectory(make_cfg(prune__rate=0.1, prune__rounds=1), tmp_path)
+    first.run(on_round=lambda r, rows, resumed: seen.append((1, r, resumed)))
+    full_rows = first.full_dir / "rows.json"
+    stamp, content = full_rows.stat().st_mtime_ns, full_rows.read_text()
+    second = Trajectory(make_cfg(prune__rate=0.2, prune__rounds=1), tmp_path)
+    rows = second.run(on_round=lambda r, rows, resumed: seen.append((2, r, resumed)))
+    assert seen == [(1, 0, False), (1, 1, False), (2, 0, True), (2, 1, False)]
+    assert second.full_dir == first.full_dir and second.dir != first.dir
+    assert full_rows.stat().st_mtime_ns == stamp and full_rows.read_text() == content
+    assert len(list((tmp_path / "full").iterdir())) == 2  # the run directory and its lock file
+    # The shared row is labelled as this trajectory's own; the score is the one computed once.
+    assert rows[0]["trial"] == second.id and rows[0]["rate"] == 0.2
+    assert rows[0]["metric"] == json.loads(content)[0]["metric"] == rows[1]["full_metric"]
+    assert mask_of_round(tmp_path, second.cfg, 1).num_pruned == round(0.2 * TOTAL)
+
+
+# -- resuming ----------------------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_trajectory_resumes_without_redoing_finished_rounds(make_cfg, tmp_path):
+    cfg = make_cfg(prune__rounds=3, prune__baselines=["random"])
+
+    def stop_in_round_2(r, rows, resumed):
+        if r == 1:
+            raise Interrupted  # round 1 is on disk; round 2 never finishes
+
+    traj = Trajectory(cfg, tmp_path / "a")
+    with pytest.raises(Interrupted):
+        traj.run(on_round=stop_in_round_2)
+    assert traj.done_rounds() == [1]
+    round1 = (traj.round_dir(1) / "rows.json").read_text()
+
+    calls = []
+    rows = Trajectory(cfg, tmp_path / "a").run(on_round=lambda r, rows, resumed: calls.append((r, resumed, rows)))
+    assert [(r, resumed) for r, resumed, _ in calls] == [(0, True), (1, True), (2, False), (3, False)]
+    assert calls[1][2] == json.loads(round1)  # the very rows written before, timestamps included
+    assert (traj.round_dir(1) / "rows.json").read_text() == round1
+    assert [r["round"] for r in rows] == [0, 1, 1, 2, 2, 3, 3]
+
+    # Resuming gives what an uninterrupted run gives.
+    whole = Trajectory(cfg, tmp_path / "b").run()
+    assert [comparable(r) for r in whole] == [comparable(r) for r in rows]
+    for r in (1, 2, 3):
+        assert mask_of_round(tmp_path / "a", cfg, r) == mask_of_round(tmp_path / "b", cfg, r)
+
+
+def cli_args(command: str, model: Path, glue: Path, cache: Path, out: Path, *extra: str) -> list[str]:
+    return [command, "--task", "rte", "--model", str(model), "--glue-dir", str(glue), "--max-train-examples", "16",
+            "--max-dev-examples", "16", "--max-seq-length", "64", "--batch-size", "8", "--max-steps", "2",
+            "--out", str(out), *extra, f"data.cache_dir={cache}"]
+
+
+def imp_args(model: Path, glue: Path, cache: Path, out: Path, *extra: str) -> list[str]:
+    return cli_args("imp", model, glue, cache, out, "--method", "magnitude", "--schedule", "remaining", *extra)
+
+
+def run_cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "raytickets.cli", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def test_imp_killed_in_round_2_resumes_at_round_2(tiny_model_dir, glue_dir, cache_dir, tmp_path):
+    args = imp_args(tiny_model_dir, glue_dir, cache_dir, tmp_path, "--rate", "0.2", "--rounds", "3",
+                    "--baselines", "random,reinit,shuffled")
+    proc = run_cli(args)
+    try:
+        for line in proc.stdout:
+            if line.strip().startswith("round 1 shuffled"):  # round 1's rows are written before they are shown
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert sorted(p.name for p in run_dir.glob("round-*")) == ["round-001"]
+    round1 = {p.name: p.read_bytes() for p in (run_dir / "round-001").iterdir() if p.name != "weights.safetensors"}
+
+    proc = run_cli(args)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    lines = [l.split() for l in out.splitlines() if l.startswith("  round ")]
+    assert [(l[1], l[2], l[-1] == "(saved)") for l in lines] == [
+        ("0", "full", True), *[("1", k, True) for k in ("ticket", "random", "reinit", "shuffled")],
+        *[(r, k, False) for r in ("2", "3") for k in ("ticket", "random", "reinit", "shuffled")]]
+    assert sorted(p.name for p in run_dir.glob("round-*")) == ["round-001", "round-002", "round-003"]
+    for name, content in round1.items():  # rows (timestamps included) and masks untouched
+        assert (run_dir / "round-001" / name).read_bytes() == content, name
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--rate", "1.5", "--rounds", "2"], "error: prune.rate: 1.5 must be in (0, 1)"),
+    (["--rate", "0", "--rounds", "2"], "error: prune.rate: 0.0 must be in (0, 1)"),
+    (["--target-sparsity", "1.0"], "error: prune.target_sparsity: 1.0 must be in (0, 1)"),
+    (["--target-sparsity", "0"], "error: prune.target_sparsity: 0.0 must be in (0, 1)"),
+    (["--rounds", "0"], "error: prune.rounds: 0 must be >= 1"),
+    (["--rounds", "1", "--rewind-step", "1000"], "error: prune.rewind_step: 1000 is beyond the 2 training steps"),
+    (["--method", "structured", "--head-fraction", "0.9", "--rounds", "1"],
+     "error: prune.head_fraction: 0.9 would remove every head of a layer"),
+])
+def test_bad_imp_input_is_one_line_before_any_training(tiny_model_dir, glue_dir, cache_dir, tmp_path, capsys,
+                                                       flags, message):
+    code = cli.main(imp_args(tiny_model_dir, glue_dir, cache_dir, tmp_path, *flags))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert not list(tmp_path.rglob("round-*")) and not list(tmp_path.rglob("rows.json"))
+
+
+def test_imp_rewind_step_beyond_max_steps_exits_2(tiny_model_dir, glue_dir, cache_dir, tmp_path):
+    proc = run_cli(imp_args(tiny_model_dir, glue_dir, cache_dir, tmp_path, "--rounds", "1", "--rewind-step", "1000",
+                            "--max-steps", "3"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err == "error: prune.rewind_step: 1000 is beyond the 3 training steps\n"
+    assert not list(tmp_path.rglob("round-*")) and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("foreign", ["shapes", "names"])
+def test_finetune_with_a_mask_of_another_model_is_a_mask_error(tiny_model_dir, glue_dir, cache_dir, tmp_path,
+                                                               capsys, foreign):
+    if foreign == "shapes":  # another model: 16 wide instead of 32
+        other = load_model(str(tiny_bert(tmp_path / "narrow", hidden_size=16, intermediate_size=32)), 2)
+        mask, expected = Mask.ones_like(prunable_parameters(other)), "error: mask tensor 'encoder.layer.0.attention"
+    else:  # the same model, another prunable set (no pooler)
+        tiny = load_model(str(tiny_model_dir), 2)
+        mask = Mask.ones_like(prunable_parameters(tiny, exclude=[r"pooler\..*"]))
+        expected = "error: mask: no entry for prunable tensor 'pooler.dense.weight'"
+    mask.save(tmp_path / "mask.safetensors")
+    capsys.readouterr()
+    code = cli.main(cli_args("finetune", tiny_model_dir, glue_dir, cache_dir, tmp_path / "out",
+                             "--mask", str(tmp_path / "mask.safetensors")))
+    # The model is loaded to learn its shapes (transformers may draw a progress bar); the error is one line.
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(err) == 1 and err[0].startswith(expected), err
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+# -- the imp command ---------------------------------------------------------------------------------
+
+
+def test_imp_prints_the_table_of_rounds(tiny_model_dir, glue_dir, cache_dir, tmp_path, capsys):
+    args = imp_args(tiny_model_dir, glue_dir, cache_dir, tmp_path, "--rate", "0.2", "--rounds", "2",
+                    "--baselines", "random,reinit")
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    start = lines.index("metric: accuracy")
+    assert lines[start + 1].split() == ["round", "sparsity", "ticket", "random", "reinit", "full"]
+    table = [l.split() for l in lines[start + 2:]]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = {(r["round"], r["kind"]): r for f in run_dir.glob("round-*/rows.json") for r in json.loads(f.read_text())}
+    full = json.loads(next((tmp_path / "full").glob("*/rows.json")).read_text())[0]["metric"]
+    assert [row[0] for row in table] == ["0", "1", "2"]
+    assert table[0] == ["0", "0.0000", f"{full:.4f}", f"{full:.4f}"]
+    for r, row in zip((1, 2), table[1:]):
+        assert row[1] == f"{round(schedule('remaining', 0.2, r) * TOTAL) / TOTAL:.4f}"
+        assert row[2:] == [f"{rows[r, k]['metric']:.4f}" for k in ("ticket", "random", "reinit")] + [f"{full:.4f}"]
