@@ -184,7 +184,8 @@ def connect(address: str | None, cfg: SweepConfig, temp_dir: str | None = None, 
     try:
         return ray.init(**kwargs)
     except ConnectionError as e:
-        raise ConfigError(f"--address: cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}") from None
+        hint = "" if os.environ.get("RAY_AUTH_MODE") else " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token: cluster/README.md)"
+        raise ConfigError(f"--address: cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}{hint}") from None
 
 
 def _free_port(preferred: int) -> int:
@@ -318,6 +319,8 @@ def worker_loop(config: dict) -> None:
         ray.train.report({
             "round": r, "task": main["task"], "sparsity": main["sparsity"], "metric": main["metric"],
             "full_metric": main["full_metric"], "gain": gain, "best_gain": best["gain"], "resumed": resumed,
+            # every DDP rank's mask id for this round (empty when the round was loaded from disk)
+            "replica_mask_ids": ",".join(traj.replica_mask_ids.get(r, [])),
         })
 
     if config.get("transfer"):
