@@ -59,8 +59,18 @@ def _hash(obj) -> str:
 
 
 def run_id(cfg: TicketConfig) -> str:
-    """Content id of a trajectory's settings: the same request always names the same run."""
-    return _hash(_settings(cfg))
+    """Content id of a trajectory's settings: the same request always names the same run.
+
+    For magnitude pruning the stopping rule (rounds, target sparsity) is left out: every round but the
+    last lies on the schedule, so trajectories that differ only in where they stop share their rounds
+    (round directories are named by index *and* target sparsity, so an off-schedule last round is
+    stored apart). A search over target sparsities then never retrains a prefix another trial trained.
+    """
+    d = _settings(cfg)
+    if cfg.prune.method == "magnitude":
+        d["prune"].pop("rounds", None)
+        d["prune"].pop("target_sparsity", None)
+    return _hash(d)
 
 
 def full_id(cfg: TicketConfig) -> str:
@@ -194,19 +204,25 @@ class Trajectory:
 
     # -- state on disk ------------------------------------------------------------------------------
     def round_dir(self, r: int) -> Path:
+        if self.cfg.prune.method == "magnitude":
+            return self.dir / f"round-{r:03d}-s{self.cfg.prune.sparsity_at(r):.6f}"
         return self.dir / f"round-{r:03d}"
 
     def done_rounds(self) -> list[int]:
-        if not self.dir.is_dir():
-            return []
-        return sorted(int(p.name.split("-")[1]) for p in self.dir.glob("round-*") if (p / "rows.json").is_file())
+        """This trajectory's finished rounds (another trajectory may have written them)."""
+        n = self.cfg.prune.num_rounds()
+        return [r for r in range(1, n + 1) if (self.round_dir(r) / "rows.json").is_file()]
 
     def rows(self) -> list[dict]:
         """Every row written so far (full model first), in round order."""
         out = self._full_rows() if (self.full_dir / "rows.json").is_file() else []
         for r in self.done_rounds():
-            out += json.loads((self.round_dir(r) / "rows.json").read_text())
+            out += self._round_rows(r)
         return out
+
+    def _round_rows(self, r: int) -> list[dict]:
+        # A shared round may have been written by a trajectory with another stopping rule.
+        return [{**row, **self._own()} for row in json.loads((self.round_dir(r) / "rows.json").read_text())]
 
     def _full_rows(self) -> list[dict]:
         # The full-model run may have been computed by another trajectory: its row must name this one.
@@ -236,10 +252,10 @@ class Trajectory:
             if r in done:
                 mask = Mask.load(self.round_dir(r) / "mask.safetensors")
                 if on_round:
-                    on_round(r, json.loads((self.round_dir(r) / "rows.json").read_text()), True)
+                    on_round(r, self._round_rows(r), True)
                 continue
             if r - 1 in done and r - 1 > 0:
-                state = load_file(str(self.round_dir(r - 1) / "weights.safetensors"))
+                state = self._weights_after(r - 1, prep, params, mask, rewind_point)
             mask, state, rows = self._round(r, prep, params, mask, state, full_state, rewind_point, full_metric)
             done.add(r)
             if on_round:
@@ -247,6 +263,16 @@ class Trajectory:
             if stop_after is not None and r >= stop_after:
                 break
         return self.rows()
+
+    def _weights_after(self, r: int, prep: Prepared, params, mask: Mask, rewind_point) -> dict:
+        """Round r's fine-tuned weights: saved, or trained again from its mask when a trajectory that
+        went further has already removed them (only the latest round's weights are kept)."""
+        path = self.round_dir(r) / "weights.safetensors"
+        if path.is_file():
+            return load_file(str(path))
+        rewind(prep.model, rewind_point, prep.head)
+        finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, self.cfg.train, mask, params)
+        return _contiguous(prep.model.state_dict())
 
     def _check_rewind_step(self, prep: Prepared) -> None:
         from .train import total_steps
@@ -509,5 +535,5 @@ def _fresh_encoder(model, seed: int) -> dict[str, torch.Tensor]:
 
 def mask_of_round(root: str | Path, cfg: TicketConfig, r: int) -> Mask:
     """The ticket mask a finished round saved."""
-    return Mask.load(Path(root) / "runs" / run_id(cfg) / f"round-{r:03d}" / "mask.safetensors")
+    return Mask.load(Trajectory(cfg, root).round_dir(r) / "mask.safetensors")
 

@@ -413,8 +413,9 @@ def test_imp_killed_in_round_2_resumes_at_round_2(tiny_model_dir, glue_dir, cach
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert sorted(p.name for p in run_dir.glob("round-*")) == ["round-001"]
-    round1 = {p.name: p.read_bytes() for p in (run_dir / "round-001").iterdir() if p.name != "weights.safetensors"}
+    (round1_dir,) = run_dir.glob("round-*")  # named by index and target sparsity: round-001-s0.200000
+    assert round1_dir.name.startswith("round-001-")
+    round1 = {p.name: p.read_bytes() for p in round1_dir.iterdir() if p.name != "weights.safetensors"}
 
     proc = run_cli(args)
     out, err = proc.communicate(timeout=240)
@@ -423,9 +424,9 @@ def test_imp_killed_in_round_2_resumes_at_round_2(tiny_model_dir, glue_dir, cach
     assert [(l[1], l[2], l[-1] == "(saved)") for l in lines] == [
         ("0", "full", True), *[("1", k, True) for k in ("ticket", "random", "reinit", "shuffled")],
         *[(r, k, False) for r in ("2", "3") for k in ("ticket", "random", "reinit", "shuffled")]]
-    assert sorted(p.name for p in run_dir.glob("round-*")) == ["round-001", "round-002", "round-003"]
+    assert sorted(p.name[:9] for p in run_dir.glob("round-*")) == ["round-001", "round-002", "round-003"]
     for name, content in round1.items():  # rows (timestamps included) and masks untouched
-        assert (run_dir / "round-001" / name).read_bytes() == content, name
+        assert (round1_dir / name).read_bytes() == content, name
 
 
 # -- bad input ---------------------------------------------------------------------------------------
@@ -499,3 +500,32 @@ def test_imp_prints_the_table_of_rounds(tiny_model_dir, glue_dir, cache_dir, tmp
     for r, row in zip((1, 2), table[1:]):
         assert row[1] == f"{round(schedule('remaining', 0.2, r) * TOTAL) / TOTAL:.4f}"
         assert row[2:] == [f"{rows[r, k]['metric']:.4f}" for k in ("ticket", "random", "reinit")] + [f"{full:.4f}"]
+
+
+def test_trajectories_that_stop_elsewhere_share_their_rounds(make_cfg, tmp_path):
+    # rate 0.3: the schedule's sparsities are 0.3, 0.51, 0.657; a target of 0.6 makes round 3 off-schedule
+    root = tmp_path / "shared"
+    two = Trajectory(make_cfg(prune__rate=0.3, prune__rounds=2), root)
+    two_rows = two.run()
+    three = Trajectory(make_cfg(prune__rate=0.3, prune__rounds=3), root)
+    assert three.id == two.id and three.dir == two.dir
+    seen = []
+    three.run(on_round=lambda r, rows, resumed: seen.append((r, resumed)))
+    assert seen == [(0, True), (1, True), (2, True), (3, False)]  # rounds 1-2 were not trained again
+    assert not (two.round_dir(2) / "weights.safetensors").exists()  # only the latest round keeps weights
+
+    target = Trajectory(make_cfg(prune__rate=0.3, prune__rounds=None, prune__target_sparsity=0.6), root)
+    seen.clear()
+    rows = target.run(on_round=lambda r, rows, resumed: seen.append((r, resumed)))
+    assert seen == [(0, True), (1, True), (2, True), (3, False)]
+    assert target.round_dir(3) != three.round_dir(3)  # the off-schedule last round is stored apart
+    masks = {r: Mask.load(target.round_dir(r) / "mask.safetensors") for r in (2, 3)}
+    assert masks[3].num_pruned == round(0.6 * masks[3].num_total)
+    # round 2's weights were gone, so they were trained again from its mask: the same pruning results
+    assert Mask.load(three.round_dir(3) / "mask.safetensors") != masks[3]
+    kept2 = torch.cat([t.flatten() for t in masks[2].tensors.values()])
+    kept3 = torch.cat([t.flatten() for t in masks[3].tensors.values()])
+    assert not (kept3 & ~kept2).any()  # round 3 prunes within round 2's survivors
+    # shared rows name the trajectory that reads them
+    assert {r["target_sparsity"] for r in rows} == {0.6}
+    assert [r["metric"] for r in rows if r["round"] <= 2] == [r["metric"] for r in two_rows]
