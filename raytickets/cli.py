@@ -239,6 +239,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sweep"]:  # argparse.REMAINDER refuses a leading option (--config, --help): hand over as is
+        from . import sweep
+
+        return sweep.main(argv[1:])
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: config validation calls resolve_model
+    import torch
+    from torch import nn
 
 from .errors import ConfigError
 
@@ -110,6 +111,8 @@ def load_model(name: str, num_labels: int, seed: int | None = None) -> nn.Module
     hf_logging.set_verbosity_error()  # the "classifier newly initialised" report is expected here
     try:
         if seed is not None:
+            import torch
+
             torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_pretrained(
             path,
@@ -168,6 +171,8 @@ def tiny_bert(path: str | Path, seed: int = 0, **overrides) -> Path:
         max_position_embeddings=overrides.pop("max_position_embeddings", 128),
         **overrides,
     )
+    import torch
+
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(path)
     load_tokenizer(MINILM).save_pretrained(path)

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .config import TrainConfig
+from .errors import ConfigError
 from .masks import Mask
 from .models import encoder_state
 from .tasks import TaskSpec, compute_metrics
@@ -105,7 +106,7 @@ def finetune(
         torch.set_num_threads(cfg.threads)
     steps = total_steps(len(train_data), cfg, size)
     if capture_step is not None and capture_step > steps:
-        raise ValueError(f"prune.rewind_step: {capture_step} is beyond the {steps} training steps")
+        raise ConfigError(f"prune.rewind_step: {capture_step} is beyond the {steps} training steps")
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     net = _wrap_ddp(model)
     device = device_of(model)
