@@ -7,6 +7,7 @@ data is read, any model loaded or any cluster started.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -313,7 +314,9 @@ class SweepConfig:
     def validate(self, path: str = "") -> None:
         if not self.name or any(c in self.name for c in "/\\ "):
             raise ConfigError(f"name: {self.name!r} must be non-empty, without slashes or spaces")
-        self.ticket.validate("ticket")
+        # Validate a copy: the ticket is every trial's template, and validation resolves a null
+        # learning rate for the template's model, which a searched `model` may replace.
+        copy.deepcopy(self.ticket).validate("ticket")
         self.search.validate("search")
         self.resources.validate("resources")
         if self.max_failures < 0:

@@ -59,6 +59,10 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
     """AdamW without decay on biases and LayerNorm (as BERT's recipe), linear warmup then linear decay."""
     from transformers import get_linear_schedule_with_warmup
 
+    if cfg.learning_rate is None:  # TicketConfig.validate picks the model's default; a bare TrainConfig has none
+        raise ConfigError("train.learning_rate: null; give a positive number (or validate the ticket config, "
+                          "which picks the model's default)")
+
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:

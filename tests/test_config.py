@@ -247,6 +247,27 @@ def test_valid_configs_round_trip_through_to_dict():
     assert again == cfg
 
 
+# ------------------------------------------------------------------------------ model-aware defaults
+
+
+@pytest.mark.parametrize("model, expected", [("minilm", 1e-4), ("bert-base", 2e-5), ("bert-large", 2e-5)])
+def test_a_null_learning_rate_resolves_for_the_model(model, expected):
+    assert TicketConfig().train.learning_rate is None
+    assert ticket(f"model={model}").train.learning_rate == expected
+    assert ticket(f"model={model}", "train.learning_rate=3.0e-5").train.learning_rate == 3e-5  # explicit wins
+
+
+def test_each_sweep_trial_resolves_the_learning_rate_for_its_own_model():
+    from raytickets.sweep import trial_ticket_config
+
+    cfg = sweep("ticket.model=minilm", "search.space.model.values=[minilm, bert-base]")
+    assert cfg.ticket.train.learning_rate is None  # the template stays unresolved
+    assert trial_ticket_config(cfg, {"model": "bert-base"}).train.learning_rate == 2e-5
+    assert trial_ticket_config(cfg, {"model": "minilm"}).train.learning_rate == 1e-4
+    fixed = sweep("ticket.train.learning_rate=3.0e-5", "search.space.model.values=[minilm, bert-base]")
+    assert trial_ticket_config(fixed, {"model": "bert-base"}).train.learning_rate == 3e-5
+
+
 # --------------------------------------------------------------------------------------- IMP settings
 
 
