@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -65,17 +64,10 @@ from raytickets.errors import RayticketsError  # noqa: E402
 from raytickets.store import ResultsStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+from common import default_glue_dir  # noqa: E402  (benchmarks/common.py)
+from raytickets.sweep import free_port  # noqa: E402
+
 COMPUTED = ["task", "seed", "kind", "round", "started_at", "finished_at"]  # one computation
-
-
-def default_glue_dir() -> str:
-    return os.environ.get("RAYTICKETS_GLUE_DIR") or str(REPO.parent / "shared" / "glue")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def levels(rate: float, rounds: int) -> list[float]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -49,17 +48,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A computation is identified by its own start and finish times: a row reused from the full-model
 # cache (or a resumed round) carries the times of the run that computed it.
+from common import default_glue_dir  # noqa: E402  (benchmarks/common.py)
+from raytickets.sweep import free_port  # noqa: E402
+
 COMPUTED = ["task", "model", "seed", "kind", "round", "started_at", "finished_at"]
-
-
-def default_glue_dir() -> str:
-    return os.environ.get("RAYTICKETS_GLUE_DIR") or str(REPO.parent / "shared" / "glue")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_average() -> str:

@@ -170,7 +170,7 @@ def connect(address: str | None, cfg: SweepConfig, temp_dir: str | None = None, 
         return None
     kwargs = dict(include_dashboard=True, log_to_driver=True)
     if address is None:
-        port = dashboard_port or _free_port(8265)
+        port = dashboard_port or free_port(8265)
         kwargs.update(address="local", num_cpus=cfg.resources.num_cpus, dashboard_host="127.0.0.1", dashboard_port=port)
         if temp_dir:
             kwargs["_temp_dir"] = temp_dir
@@ -188,7 +188,7 @@ def connect(address: str | None, cfg: SweepConfig, temp_dir: str | None = None, 
         raise ConfigError(f"--address: cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}{hint}") from None
 
 
-def _free_port(preferred: int) -> int:
+def free_port(preferred: int = 0) -> int:
     """`preferred` if nothing listens there, else a free port chosen by the OS."""
     for candidate in (preferred, 0):
         with socket.socket() as sock:
