@@ -63,7 +63,6 @@ from raytickets.config import PruneConfig  # noqa: E402
 from raytickets.errors import RayticketsError  # noqa: E402
 from raytickets.store import ResultsStore  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 from common import default_glue_dir  # noqa: E402  (benchmarks/common.py)
 from raytickets.sweep import free_port  # noqa: E402
 

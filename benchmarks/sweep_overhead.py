@@ -44,7 +44,6 @@ import yaml  # noqa: E402
 from raytickets import sweep  # noqa: E402
 from raytickets.store import ResultsStore  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 
 # A computation is identified by its own start and finish times: a row reused from the full-model
 # cache (or a resumed round) carries the times of the run that computed it.
