@@ -83,6 +83,10 @@ class PruneConfig:
     rounds: int | None = None
     target_sparsity: float | None = None  # stop here; the last round prunes exactly to it
     rewind_step: int = 0  # 0 = pre-trained weights; k = weights after k steps of fine-tuning the full model
+    # End the trajectory after the first round whose ticket falls this far below the full model (gain <
+    # min_gain, e.g. -0.03): past the phase transition the metric only falls (Liang et al. 2021), so the
+    # deeper rounds cannot hold the super ticket. null = run every round.
+    min_gain: float | None = None
     include: list[str] | None = None  # regexes of prunable tensor names; None = Chen et al.'s set
     exclude: list[str] = field(default_factory=list)
     # structured (Liang et al. 2021): attention heads and feed-forward units by gate sensitivity
@@ -112,6 +116,8 @@ class PruneConfig:
                 )
         if self.rewind_step < 0:
             raise ConfigError(f"{path}.rewind_step: {self.rewind_step} must be >= 0")
+        if self.min_gain is not None and not -1 <= self.min_gain <= 1:
+            raise ConfigError(f"{path}.min_gain: {self.min_gain} must be in [-1, 1] (a metric difference) or null")
         for name in ("head_fraction", "ffn_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{path}.{name}: {getattr(self, name)} must be in [0, 1)")

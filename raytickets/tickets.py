@@ -61,12 +61,14 @@ def _hash(obj) -> str:
 def run_id(cfg: TicketConfig) -> str:
     """Content id of a trajectory's settings: the same request always names the same run.
 
-    For magnitude pruning the stopping rule (rounds, target sparsity) is left out: every round but the
+    The early stop past the phase transition (`prune.min_gain`) is left out, and for magnitude pruning
+    so is the stopping rule (rounds, target sparsity): every round but the
     last lies on the schedule, so trajectories that differ only in where they stop share their rounds
     (round directories are named by index *and* target sparsity, so an off-schedule last round is
     stored apart). A search over target sparsities then never retrains a prefix another trial trained.
     """
     d = _settings(cfg)
+    d["prune"].pop("min_gain", None)  # where to stop, like rounds: no round's result depends on it
     if cfg.prune.method == "magnitude":
         d["prune"].pop("rounds", None)
         d["prune"].pop("target_sparsity", None)
@@ -229,8 +231,9 @@ class Trajectory:
         return [{**row, **self._own()} for row in json.loads((self.full_dir / "rows.json").read_text())]
 
     # -- the trajectory ----------------------------------------------------------------------------
-    def run(self, on_round: RoundCallback | None = None, stop_after: int | None = None) -> list[dict]:
-        """Run (or resume) every round; `on_round` sees each round's rows; returns all rows."""
+    def run(self, on_round: RoundCallback | None = None) -> list[dict]:
+        """Run (or resume) every round, or up to the phase transition (`prune.min_gain`); `on_round` sees each
+        round's rows; returns the rows of the rounds walked (full model first)."""
         cfg = self.cfg
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -248,21 +251,29 @@ class Trajectory:
         state = full_state  # the fine-tuned weights the next round prunes
         n_rounds = cfg.prune.num_rounds()
         done = set(self.done_rounds())
+        walked = rows0
         for r in range(1, n_rounds + 1):
             if r in done:
                 mask = Mask.load(self.round_dir(r) / "mask.safetensors")
-                if on_round:
-                    on_round(r, self._round_rows(r), True)
-                continue
-            if r - 1 in done and r - 1 > 0:
-                state = self._weights_after(r - 1, prep, params, mask, rewind_point)
-            mask, state, rows = self._round(r, prep, params, mask, state, full_state, rewind_point, full_metric)
-            done.add(r)
+                rows, resumed = self._round_rows(r), True
+            else:
+                if r - 1 in done and r - 1 > 0:
+                    state = self._weights_after(r - 1, prep, params, mask, rewind_point)
+                mask, state, rows = self._round(r, prep, params, mask, state, full_state, rewind_point, full_metric)
+                done.add(r)
+                resumed = False
+            walked = walked + rows
             if on_round:
-                on_round(r, rows, False)
-            if stop_after is not None and r >= stop_after:
+                on_round(r, rows, resumed)
+            if self.past_transition(rows):
                 break
-        return self.rows()
+        return walked
+
+    def past_transition(self, rows: list[dict]) -> bool:
+        """Whether a round's ticket fell below the full model by more than `prune.min_gain` allows."""
+        min_gain = self.cfg.prune.min_gain
+        ticket = next(row for row in rows if row["kind"] == "ticket")
+        return min_gain is not None and ticket["metric"] - ticket["full_metric"] < min_gain
 
     def _weights_after(self, r: int, prep: Prepared, params, mask: Mask, rewind_point) -> dict:
         """Round r's fine-tuned weights: saved, or trained again from its mask when a trajectory that

@@ -529,3 +529,33 @@ def test_trajectories_that_stop_elsewhere_share_their_rounds(make_cfg, tmp_path)
     # shared rows name the trajectory that reads them
     assert {r["target_sparsity"] for r in rows} == {0.6}
     assert [r["metric"] for r in rows if r["round"] <= 2] == [r["metric"] for r in two_rows]
+
+
+def test_min_gain_ends_the_trajectory_past_the_transition_and_keeps_its_rounds_shared(make_cfg, tmp_path):
+    root = tmp_path / "shared"
+    everything = Trajectory(make_cfg(prune__rounds=3), root)
+    rows = everything.run()
+    gains = [r["metric"] - r["full_metric"] for r in rows if r["kind"] == "ticket"]
+    # A bar above every round's gain stops after round 1; one below all of them never stops.
+    above, below = max(gains) + 0.01, min(gains) - 0.01
+    stopped = Trajectory(make_cfg(prune__rounds=3, prune__min_gain=above), root)
+    assert stopped.id == everything.id  # where a trajectory stops is not part of what it computes
+    seen = []
+    walked = stopped.run(on_round=lambda r, rows, resumed: seen.append((r, resumed)))
+    assert seen == [(0, True), (1, True)]
+    assert [(r["round"], r["kind"]) for r in walked] == [(0, "full"), (1, "ticket")]
+    assert [r["round"] for r in Trajectory(make_cfg(prune__rounds=3, prune__min_gain=below), root).run()] == [0, 1, 2, 3]
+
+    # A fresh trajectory that stops trains nothing past the stop; one without the bar goes on from there.
+    fresh = tmp_path / "fresh"
+    assert [r["round"] for r in Trajectory(make_cfg(prune__rounds=3, prune__min_gain=above), fresh).run()] == [0, 1]
+    later = Trajectory(make_cfg(prune__rounds=3), fresh)
+    assert later.done_rounds() == [1]
+    seen.clear()
+    later.run(on_round=lambda r, rows, resumed: seen.append((r, resumed)))
+    assert seen == [(0, True), (1, True), (2, False), (3, False)]
+
+
+def test_min_gain_outside_a_metric_difference_is_a_config_error(make_cfg):
+    with pytest.raises(ConfigError, match=r"prune.min_gain: 1.5 must be in \[-1, 1\]"):
+        make_cfg(prune__min_gain=1.5)
