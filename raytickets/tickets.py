@@ -37,7 +37,7 @@ from .errors import ConfigError
 from .masks import Mask
 from .models import encoder, load_model, load_tokenizer, prunable_parameters, resolve_model, snapshot
 from .tasks import TaskSpec, collate, get_task, tokenized_splits
-from .train import finetune, world
+from .train import batches, finetune, world
 
 # Settings that do not change a run's results, so do not enter its id.
 _NOT_IN_ID = {("data", "glue_dir"), ("data", "cache_dir"), ("train", "threads"), ("train", "eval_batch_size")}
@@ -393,10 +393,9 @@ class Trajectory:
         return pruning.structured_mask(params, prep.model.config, heads, neurons, layers)
 
     def _importance_batches(self, prep: Prepared):
-        from .train import _batches
 
         n = self.cfg.prune.importance_batches
-        for i, batch in enumerate(_batches(prep.train, prep.collate, self.cfg.train.batch_size, self.cfg.train.seed, 0, True)):
+        for i, batch in enumerate(batches(prep.train, prep.collate, self.cfg.train.batch_size, self.cfg.train.seed, 0, True)):
             if i >= n:
                 break
             yield {k: v.to(self.device) for k, v in batch.items()}

@@ -80,7 +80,8 @@ def _shard(dataset, rank: int, size: int):
     return dataset if size == 1 else Subset(dataset, list(range(rank, len(dataset), size)))
 
 
-def _batches(dataset, collate, batch_size: int, seed: int, epoch: int, shuffle: bool):
+def batches(dataset, collate, batch_size: int, seed: int, epoch: int, shuffle: bool):
+    """Epoch `epoch`'s batches in a seeded order: the same on every run (and, per shard, every replica)."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
 
@@ -122,7 +123,7 @@ def finetune(
     step, epoch = 0, 0
     model.train()
     while step < steps:
-        for batch in _batches(shard, collate, cfg.batch_size, cfg.seed, epoch, shuffle=True):
+        for batch in batches(shard, collate, cfg.batch_size, cfg.seed, epoch, shuffle=True):
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = net(**batch).loss
             loss.backward()
