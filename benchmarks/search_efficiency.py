@@ -46,7 +46,7 @@ samples are TPE's random start-up.
 
     python benchmarks/search_efficiency.py [--out /tmp/search_efficiency] [--samples 12] [--rounds 9]
         [--schedule original] [--rate 0.1] [--tasks sst2,rte] [--seeds 0,1,2] [--min-gain -0.05]
-        [--grace-period 3] [--analyze-only]
+        [--grace-period 3] [--search-seed 0] [--search-only | --analyze-only]
 """
 
 from __future__ import annotations
@@ -314,25 +314,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temp-dir", help="Ray temp dir (default: a new /tmp/rtbXXXX)")
     p.add_argument("--dashboard-port", type=int, help="default: a free port")
     p.add_argument("--analyze-only", action="store_true", help="print the figures of results already under --out")
+    p.add_argument("--search-only", action="store_true",
+                   help="keep the grid under --out (same grid flags) and run the search again, e.g. with another --search-seed")
     args = p.parse_args(argv)
     args.out = Path(args.out).resolve()
     args.tasks = args.tasks.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
 
+    if args.search_only and not (args.out / "grid" / "results").is_dir():
+        p.error(f"--search-only: no grid results under {args.out / 'grid'}")
     if not args.analyze_only:
-        for sub in ("grid", "search", "data"):
-            shutil.rmtree(args.out / sub, ignore_errors=True)  # fresh caches: nothing computed before counts
+        sweeps = [("search", search_config(args))]
+        if not args.search_only:
+            sweeps.insert(0, ("grid", grid_config(args)))
+        # Fresh caches: nothing computed before counts. The search keeps its own work dir, so a kept
+        # grid (--search-only) lends it no trained round; the tokenised data holds no training.
+        for name, _ in sweeps:
+            shutil.rmtree(args.out / name, ignore_errors=True)
+        if not args.search_only:
+            shutil.rmtree(args.out / "data", ignore_errors=True)
         args.out.mkdir(parents=True, exist_ok=True)
         temp_dir = args.temp_dir or tempfile.mkdtemp(prefix="rtb", dir="/tmp")
         port = args.dashboard_port or free_port()
         walls = {}
-        for name, data in (("grid", grid_config(args)), ("search", search_config(args))):
+        for name, data in sweeps:
             print(f"\n=== {name} ===", flush=True)
             walls[name] = run_sweep(data, args.out, temp_dir, port)  # the second joins the Ray the first started
         import ray
 
         ray.shutdown()
-        print(f"\nwall time: grid {walls['grid']:.0f} s, search {walls['search']:.0f} s", flush=True)
+        print("\nwall time: " + ", ".join(f"{name} {wall:.0f} s" for name, wall in walls.items()), flush=True)
     report(args)
     return 0
 
