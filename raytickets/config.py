@@ -406,7 +406,7 @@ def _convert(tp, value, path: str):
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     """Apply `key.sub=value` overrides (values parsed as YAML: 3, 0.1, true, [a, b], null)."""
-    data = _deepcopy(data)
+    data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -443,14 +443,6 @@ def _split_key(key: str, data: dict) -> list[str]:
     if parts[:2] == ["search", "space"] and len(parts) > 3 and parts[2] in _SECTIONS:
         parts[2:4] = [f"{parts[2]}.{parts[3]}"]
     return parts
-
-
-def _deepcopy(data):
-    if isinstance(data, dict):
-        return {k: _deepcopy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deepcopy(v) for v in data]
-    return data
 
 
 def read_yaml(path: str | os.PathLike) -> dict:

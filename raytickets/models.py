@@ -7,7 +7,6 @@ regression model alike and does not depend on the head's module path.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence

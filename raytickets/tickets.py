@@ -15,12 +15,10 @@ data, rewind step) is computed once and shared by every trajectory that needs it
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import shutil
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
