@@ -33,7 +33,7 @@ from . import pruning
 from .config import TicketConfig, to_dict
 from .errors import ConfigError
 from .masks import Mask
-from .models import encoder, load_model, load_tokenizer, prunable_parameters, resolve_model, snapshot
+from .models import DEFAULT_INCLUDE, encoder, load_model, load_tokenizer, prunable_parameters, resolve_model, snapshot
 from .tasks import TaskSpec, collate, get_task, tokenized_splits
 from .train import batches, finetune, world
 
@@ -184,8 +184,8 @@ def rewind(model: torch.nn.Module, encoder_weights: dict[str, torch.Tensor], hea
 
 
 def prunable_of(cfg: TicketConfig, model) -> dict[str, torch.nn.Parameter]:
-    include = cfg.prune.include
-    return prunable_parameters(model, include) if include else prunable_parameters(model, exclude=cfg.prune.exclude)
+    """The tensors a trajectory prunes: `prune.include` (default: Chen et al.'s set) less `prune.exclude`."""
+    return prunable_parameters(model, cfg.prune.include or DEFAULT_INCLUDE, cfg.prune.exclude)
 
 
 class Trajectory:

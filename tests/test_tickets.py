@@ -583,3 +583,12 @@ def test_pretrained_minilm_trajectory_learns_and_stops_past_its_transition(glue_
     assert gains[-1] < -0.05 and all(g >= -0.05 for g in gains[:-1]), gains  # it stopped at the first fall
     last = tickets[-1]["round"]
     assert traj.done_rounds() == list(range(1, last + 1))  # nothing past the stop was trained
+
+
+def test_prunable_set_applies_exclude_to_an_explicit_include_too(make_cfg):
+    prep = prepare(make_cfg())
+    attention = [r"encoder\.layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)\.weight"]
+    both = prunable_of(make_cfg(prune__include=attention, prune__exclude=[r".*\.output\.dense\.weight"]), prep.model)
+    assert sorted(both) == sorted(n for n in prunable_of(make_cfg(prune__include=attention), prep.model)
+                                  if not n.endswith("output.dense.weight"))
+    assert len(both) == LAYERS * 3  # query, key and value of every layer
