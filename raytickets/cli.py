@@ -98,7 +98,7 @@ def cmd_finetune(args) -> int:
 
     from .masks import Mask
     from .pruning import random_prune
-    from .tickets import prunable_of, prepare
+    from .tickets import contiguous, prunable_of, prepare
     from .train import finetune
 
     prep = prepare(cfg)
@@ -125,8 +125,7 @@ def cmd_finetune(args) -> int:
     }
     if mask is not None:
         mask.save(out / "mask.safetensors")
-    state = {k: v.detach().contiguous() for k, v in prep.model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
+    save_file(contiguous(prep.model.state_dict()), str(out / "model.safetensors"))
     _write_json(out / "metrics.json", result)
     print(json.dumps({k: result[k] for k in ("task", "metrics", "sparsity", "steps", "seconds")}, indent=2))
     return 0

@@ -14,6 +14,7 @@ resume rewrites the same keys and never duplicates a row); trajectory state unde
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -232,17 +233,12 @@ def check_resources(cfg: SweepConfig) -> None:
 
 def prepare_data(cfg: SweepConfig, tasks: list[str]) -> None:
     """Tokenise each task once per sweep into the shared cache every trial reads (never per trial)."""
-    from .models import load_tokenizer, resolve_model
-    from .tasks import get_task, tokenized_splits
+    from .models import load_tokenizer
+    from .tickets import tokenize
 
-    d = cfg.ticket.data
     tokenizer = load_tokenizer(cfg.ticket.model)
     for name in tasks:
-        tokenized_splits(
-            get_task(name), tokenizer, resolve_model(cfg.ticket.model), d.glue_dir, max_seq_length=d.max_seq_length,
-            max_train_examples=d.max_train_examples, max_dev_examples=d.max_dev_examples, seed=d.seed,
-            cache_dir=d.cache_dir,
-        )
+        tokenize(dataclasses.replace(cfg.ticket, task=name), tokenizer)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from . import pruning
 from .config import TicketConfig, to_dict
 from .errors import ConfigError
 from .masks import Mask
-from .models import DEFAULT_INCLUDE, encoder, load_model, load_tokenizer, prunable_parameters, resolve_model, snapshot
+from .models import DEFAULT_INCLUDE, encoder, encoder_state, load_model, load_tokenizer, prunable_parameters, resolve_model, snapshot
 from .tasks import TaskSpec, collate, get_task, tokenized_splits
 from .train import batches, finetune, world
 
@@ -147,20 +147,20 @@ class Prepared:
     head: dict[str, torch.Tensor]  # the freshly initialised task head every round starts from
 
 
+def tokenize(cfg: TicketConfig, tokenizer) -> dict:
+    """The task's tokenised splits under the config's data settings (read from the cache once written)."""
+    d = cfg.data
+    return tokenized_splits(
+        get_task(cfg.task), tokenizer, resolve_model(cfg.model), d.glue_dir, max_seq_length=d.max_seq_length,
+        max_train_examples=d.max_train_examples, max_dev_examples=d.max_dev_examples, seed=d.seed,
+        cache_dir=d.cache_dir,
+    )
+
+
 def prepare(cfg: TicketConfig, device: torch.device | str = "cpu") -> Prepared:
     task = get_task(cfg.task)
     tokenizer = load_tokenizer(cfg.model)
-    splits = tokenized_splits(
-        task,
-        tokenizer,
-        resolve_model(cfg.model),
-        cfg.data.glue_dir,
-        max_seq_length=cfg.data.max_seq_length,
-        max_train_examples=cfg.data.max_train_examples,
-        max_dev_examples=cfg.data.max_dev_examples,
-        seed=cfg.data.seed,
-        cache_dir=cfg.data.cache_dir,
-    )
+    splits = tokenize(cfg, tokenizer)
     model = load_model(cfg.model, task.num_labels, seed=cfg.train.seed).to(device)
     head = {n: p for n, p in model.named_parameters() if not n.startswith("bert.")}
     return Prepared(
@@ -169,7 +169,7 @@ def prepare(cfg: TicketConfig, device: torch.device | str = "cpu") -> Prepared:
         dev={s: splits[s] for s in task.dev_splits},
         collate=collate(tokenizer),
         model=model,
-        pretrained=snapshot(encoder(model).state_dict()),
+        pretrained=encoder_state(model),
         head=snapshot(head),
     )
 
@@ -281,7 +281,7 @@ class Trajectory:
             return load_file(str(path))
         rewind(prep.model, rewind_point, prep.head)
         finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, self.cfg.train, mask, params)
-        return _contiguous(prep.model.state_dict())
+        return contiguous(prep.model.state_dict())
 
     def _check_rewind_step(self, prep: Prepared) -> None:
         from .train import total_steps
@@ -321,9 +321,9 @@ class Trajectory:
             if self.rank == 0:
 
                 def write(d: Path) -> None:
-                    save_file(_contiguous(prep.model.state_dict()), str(d / "weights.safetensors"))
+                    save_file(contiguous(prep.model.state_dict()), str(d / "weights.safetensors"))
                     if k > 0:
-                        save_file(_contiguous(res.rewind_state), str(d / "rewind.safetensors"))
+                        save_file(contiguous(res.rewind_state), str(d / "rewind.safetensors"))
                     (d / "rows.json").write_text(json.dumps([row], default=str))
 
                 self.full_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -350,7 +350,7 @@ class Trajectory:
         rewind(prep.model, rewind_point, prep.head)
         res = finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, cfg.train, new_mask, params)
         rows = [self._row(r, "ticket", sparsity, res, new_mask, started, full_metric)]
-        weights = _contiguous(prep.model.state_dict())
+        weights = contiguous(prep.model.state_dict())
         masks = {new_mask.mask_id: new_mask}
         for kind in cfg.prune.baselines:
             row, mask = self._baseline(kind, r, prep, params, new_mask, target, state, full_state, rewind_point, full_metric)
@@ -527,8 +527,8 @@ class _exclusive:
             os.close(self.fd)
 
 
-def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # safetensors refuses shared or non-contiguous storage; these are copies meant for disk anyway.
+def contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies of a state dict, as safetensors needs (it refuses shared or strided storage)."""
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
@@ -537,8 +537,7 @@ def _fresh_encoder(model, seed: int) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
-    fresh = AutoModelForSequenceClassification.from_config(model.config)
-    return snapshot(encoder(fresh).state_dict())
+    return encoder_state(AutoModelForSequenceClassification.from_config(model.config))
 
 
 def mask_of_round(root: str | Path, cfg: TicketConfig, r: int) -> Mask:
