@@ -104,8 +104,7 @@ def finetune(
     (step 0 = before any update): the rewind point of Chen et al.'s late rewinding.
     """
     if mask is not None:
-        mask.validate(params)
-        mask.apply(params)
+        mask.apply(params)  # validates the mask against params once, before the first step
     rank, size = world()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -132,7 +131,7 @@ def finetune(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if mask is not None:
-                mask.apply(params)  # AdamW's decay and momentum would revive pruned weights otherwise
+                mask.apply(params, check=False)  # AdamW's decay and momentum would revive pruned weights otherwise
             step += 1
             losses.append(float(loss.detach()))
             if on_step is not None:
