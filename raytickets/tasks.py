@@ -243,17 +243,28 @@ def tokenized_splits(task: TaskSpec, tokenizer, tokenizer_id: str, glue_dir: str
             limit = max_train_examples if split == "train" else max_dev_examples
             data = subsample(load_split(task, split, glue_dir), limit, seed)
             splits[split] = _tokenize(task, data, tokenizer, max_seq_length, f"{digest}-{split}")
-        root.mkdir(parents=True, exist_ok=True)
-        # A private temp dir per writer: a killed writer leaves only an ignored `.tmp-*` behind.
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-        try:
-            DatasetDict(splits).save_to_disk(str(tmp))
-            (tmp / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        publish(tmp, final)
+
+        def write(d: Path) -> None:
+            DatasetDict(splits).save_to_disk(str(d))
+            (d / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
+
+        write_dir_atomically(final, write)
     return dict(load_from_disk(str(final)))
+
+
+def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
+    """Let `write` fill a private temp dir beside `final`, then `publish` it: `final` is complete or absent.
+
+    A writer killed half-way leaves only an ignored `.tmp-*` directory behind.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish(tmp, final)
 
 
 def publish(tmp: Path, final: Path) -> None:

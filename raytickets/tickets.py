@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +32,7 @@ from .config import TicketConfig, to_dict
 from .errors import ConfigError
 from .masks import Mask
 from .models import DEFAULT_INCLUDE, encoder, encoder_state, load_model, load_tokenizer, prunable_parameters, resolve_model, snapshot
-from .tasks import TaskSpec, collate, get_task, tokenized_splits
+from .tasks import TaskSpec, collate, get_task, tokenized_splits, write_dir_atomically
 from .train import batches, finetune, world
 
 # Settings that do not change a run's results, so do not enter its id.
@@ -82,21 +80,6 @@ def full_id(cfg: TicketConfig) -> str:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory's files under a temporary name, then rename it into place: complete or absent."""
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        if final.exists():  # another writer finished the same content first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _barrier() -> None:
@@ -326,8 +309,7 @@ class Trajectory:
                         save_file(contiguous(res.rewind_state), str(d / "rewind.safetensors"))
                     (d / "rows.json").write_text(json.dumps([row], default=str))
 
-                self.full_dir.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_dir(self.full_dir, write)
+                write_dir_atomically(self.full_dir, write)
             _barrier()
         rows = self._full_rows()
         state = load_file(str(self.full_dir / "weights.safetensors"))
@@ -366,7 +348,7 @@ class Trajectory:
                 save_file(weights, str(d / "weights.safetensors"))
                 (d / "rows.json").write_text(json.dumps(rows, default=str))
 
-            _atomic_dir(self.round_dir(r), write)
+            write_dir_atomically(self.round_dir(r), write)
             old = self.round_dir(r - 1) / "weights.safetensors"
             if r > 1 and old.is_file():
                 old.unlink()  # only the latest round's weights are needed to go on
