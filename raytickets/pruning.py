@@ -19,7 +19,6 @@ from .masks import Mask
 from .models import encoder
 
 SCOPES = ("global", "per_tensor")
-SCHEDULES = ("remaining", "original")
 GRANULARITIES = ("neuron", "layer")
 
 
@@ -136,27 +135,6 @@ def random_prune(
         return chosen
 
     return _prune_each(mask, target, scope, drop)
-
-
-def schedule_sparsity(schedule: str, rate: float, round: int) -> float:
-    """Target sparsity after `round` IMP rounds that each prune `rate`.
-
-    remaining: of the weights still there (Frankle & Carbin, Chen et al.): 1 - (1 - p)^r;
-    original: of the original count: r·p, which must stay below 1.
-    """
-    _check_choice("schedule", schedule, SCHEDULES)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
-        raise ConfigError(f"rate: {rate!r} is not a pruning rate in (0, 1)")
-    if isinstance(round, bool) or not isinstance(round, int) or round < 0:
-        raise ConfigError(f"round: {round!r} is not a round number >= 0")
-    if schedule == "remaining":
-        return 1.0 - (1.0 - rate) ** round
-    if round * rate >= 1.0:
-        raise ConfigError(
-            f"rate: {rate!r} with schedule 'original' reaches sparsity {round * rate:.4g} >= 1 at round {round}; "
-            f"use at most {int(-(-1 // rate)) - 1} rounds or the 'remaining' schedule"
-        )
-    return round * rate
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
+from raytickets.config import PruneConfig
 from raytickets.errors import ConfigError, MaskError
 from raytickets.masks import Mask
 from raytickets.models import encoder, load_model, load_tokenizer, prunable_parameters
@@ -15,7 +16,6 @@ from raytickets.pruning import (
     magnitude_prune,
     random_prune,
     random_structured,
-    schedule_sparsity,
     select_structured,
     structured_importance,
     structured_mask,
@@ -192,19 +192,17 @@ def test_random_prune_is_uniform_over_survivors():
 
 
 def test_schedule_sparsity_remaining_and_original():
-    assert schedule_sparsity("remaining", 0.2, 0) == 0.0
-    assert schedule_sparsity("remaining", 0.2, 1) == pytest.approx(0.2)
-    assert schedule_sparsity("remaining", 0.2, 3) == pytest.approx(1 - 0.8**3)
-    assert schedule_sparsity("original", 0.1, 3) == pytest.approx(0.3)
-    assert schedule_sparsity("original", 0.1, 9) == pytest.approx(0.9)
-    with pytest.raises(ConfigError, match=r"rate: 0\.1 with schedule 'original' reaches sparsity 1 >= 1 at round 10"):
-        schedule_sparsity("original", 0.1, 10)
-    with pytest.raises(ConfigError, match=r"schedule: 'linear'; allowed: remaining, original"):
-        schedule_sparsity("linear", 0.1, 1)
-    with pytest.raises(ConfigError, match="rate"):
-        schedule_sparsity("remaining", 1.0, 1)
-    with pytest.raises(ConfigError, match="round"):
-        schedule_sparsity("remaining", 0.2, -1)
+    """The schedule trajectories prune to (PruneConfig.sparsity_at; bad rates and schedules: test_config)."""
+    def at(schedule, rate, r):
+        return PruneConfig(schedule=schedule, rate=rate, rounds=max(r, 1)).sparsity_at(r)
+
+    assert at("remaining", 0.2, 0) == 0.0
+    assert at("remaining", 0.2, 1) == pytest.approx(0.2)
+    assert at("remaining", 0.2, 3) == pytest.approx(1 - 0.8**3)
+    assert at("original", 0.1, 3) == pytest.approx(0.3)
+    assert at("original", 0.1, 9) == pytest.approx(0.9)
+    with pytest.raises(ConfigError, match=r"rounds: 10 rounds at rate 0\.1 of the original count would prune 100%"):
+        PruneConfig(schedule="original", rate=0.1, rounds=10).validate("prune")
 
 
 # -- structured: gates and importance ----------------------------------------------------------------
