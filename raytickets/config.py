@@ -20,8 +20,9 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from .errors import ConfigError
+from .tasks import MIN_SEQ_LENGTH, TASKS  # the task table; tasks imports no torch
 
-GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+GLUE_TASKS = tuple(TASKS)
 BASELINES = ("random", "reinit", "shuffled", "oneshot", "standard")
 
 
@@ -41,8 +42,8 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{path}.{name}: {value} must be a positive integer or null (all rows)")
-        if not 8 <= self.max_seq_length <= 512:
-            raise ConfigError(f"{path}.max_seq_length: {self.max_seq_length} must be in [8, 512]")
+        if not MIN_SEQ_LENGTH <= self.max_seq_length <= 512:
+            raise ConfigError(f"{path}.max_seq_length: {self.max_seq_length} must be in [{MIN_SEQ_LENGTH}, 512]")
 
 
 @dataclass

