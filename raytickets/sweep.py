@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from .config import SweepConfig, TicketConfig, apply_overrides, build, read_yaml, to_dict
 from .errors import ConfigError, RayticketsError
 
+MAX_ROUNDS = 1000  # ASHA's max_t: above any trajectory's last round
 TRANSFER_KEY = "transfer"  # search-space key of transfer mode: "source_mask_id|source_task|target_task"
 
 
@@ -40,41 +41,42 @@ def load_config(path: str | None, overrides: list[str]) -> SweepConfig:
     return absolute_paths(cfg)
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute (Ray workers run in other directories); a URI (s3://...) as it is."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
 def absolute_paths(cfg: SweepConfig) -> SweepConfig:
     """Resolve relative paths against the driver's directory: Ray workers run elsewhere."""
     data = cfg.ticket.data
     if data.glue_dir:
-        data.glue_dir = str(Path(data.glue_dir).expanduser().resolve())
+        data.glue_dir = _absolute(data.glue_dir)
     # Tokenise once per sweep into its own work dir, read by every trial (never per trial).
-    data.cache_dir = str(Path(data.cache_dir).expanduser().resolve()) if data.cache_dir else str(work_dir(cfg) / "data")
+    data.cache_dir = _absolute(data.cache_dir) if data.cache_dir else str(work_dir(cfg) / "data")
     if Path(cfg.ticket.model).expanduser().is_dir():
-        cfg.ticket.model = str(Path(cfg.ticket.model).expanduser().resolve())
-    if "://" not in cfg.storage_path:
-        cfg.storage_path = str(Path(cfg.storage_path).expanduser().resolve())
-    if cfg.results_dir and "://" not in cfg.results_dir:
-        cfg.results_dir = str(Path(cfg.results_dir).expanduser().resolve())
-    if cfg.search.transfer_from and "://" not in cfg.search.transfer_from:
-        cfg.search.transfer_from = str(Path(cfg.search.transfer_from).expanduser().resolve())
+        cfg.ticket.model = _absolute(cfg.ticket.model)
+    cfg.storage_path = _absolute(cfg.storage_path)
+    if cfg.results_dir:
+        cfg.results_dir = _absolute(cfg.results_dir)
+    if cfg.search.transfer_from:
+        cfg.search.transfer_from = _absolute(cfg.search.transfer_from)
     return cfg
 
 
 def sweep_dir(cfg: SweepConfig) -> str:
-    return f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
+    """`<storage_path>/<name>`: Tune's experiment directory (a local path or a URI)."""
+    return f"{_absolute(cfg.storage_path).rstrip('/')}/{cfg.name}"
 
 
 def work_dir(cfg: SweepConfig) -> Path:
     """Trajectory state and the tokenised data: a local (or NFS-mounted) directory every worker sees."""
     if "://" in cfg.storage_path:  # object storage: state stays on the node (a retry elsewhere recomputes)
         return Path.home() / "raytickets-work" / cfg.name
-    return Path(cfg.storage_path).expanduser().resolve() / cfg.name / "work"
+    return Path(sweep_dir(cfg)) / "work"
 
 
 def results_dir(cfg: SweepConfig) -> str:
-    if cfg.results_dir:
-        return cfg.results_dir
-    if "://" in cfg.storage_path:
-        return f"{sweep_dir(cfg)}/results"
-    return str(Path(cfg.storage_path).expanduser().resolve() / cfg.name / "results")
+    return cfg.results_dir or f"{sweep_dir(cfg)}/results"
 
 
 def param_space(cfg: SweepConfig) -> dict:
@@ -269,16 +271,13 @@ def trial_driver(params: dict, sweep: dict) -> None:
         # A name derived from the trial id: Train V2 resumes a run it has seen when the trial is retried.
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",
-            storage_path=_train_storage(cfg),
+            storage_path=f"{sweep_dir(cfg)}/train",
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         ),
     )
     trainer.fit()
 
-
-def _train_storage(cfg: SweepConfig) -> str:
-    return f"{sweep_dir(cfg)}/train" if "://" in cfg.storage_path else str(Path(sweep_dir(cfg)).expanduser().resolve() / "train")
 
 
 def worker_loop(config: dict) -> None:
@@ -368,8 +367,11 @@ def make_tuner(cfg: SweepConfig, space: dict, restore: bool = False):
         search_alg = OptunaSearch(metric=metric, mode="max", seed=cfg.search.seed)
     scheduler = None
     if cfg.search.scheduler == "asha":
+        # ASHA stops every trial that reaches max_t reports. A searched prune.rounds or target_sparsity
+        # can take a trial past the template's rounds, and trajectories end by themselves anyway, so
+        # max_t is only an upper bound on rounds (rungs beyond the last round are never reached).
         scheduler = ASHAScheduler(
-            time_attr="training_iteration", metric=metric, mode="max", max_t=cfg.ticket.prune.num_rounds(),
+            time_attr="training_iteration", metric=metric, mode="max", max_t=MAX_ROUNDS,
             grace_period=cfg.search.grace_period, reduction_factor=cfg.search.reduction_factor,
         )
     return tune.Tuner(
@@ -380,14 +382,10 @@ def make_tuner(cfg: SweepConfig, space: dict, restore: bool = False):
             max_concurrent_trials=cfg.search.max_concurrent_trials,
         ),
         run_config=tune.RunConfig(
-            name=cfg.name, storage_path=_tune_storage(cfg),
+            name=cfg.name, storage_path=_absolute(cfg.storage_path),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures), verbose=1,
         ),
     )
-
-
-def _tune_storage(cfg: SweepConfig) -> str:
-    return cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).expanduser().resolve())
 
 
 def best_tickets(results: str) -> list[dict]:
@@ -440,9 +438,7 @@ def run(cfg: SweepConfig, address: str | None = None, resume: bool = False, temp
     check_storage(cfg)
     space = param_space(cfg)
     if cfg.search.transfer_from:
-        from ray import tune as _tune
-
-        space[TRANSFER_KEY] = _tune.grid_search(transfer_pairs(cfg))
+        space[TRANSFER_KEY] = tune.grid_search(transfer_pairs(cfg))
     context = connect(address, cfg, temp_dir, dashboard_port)
     check_resources(cfg)
     if context is not None and getattr(context, "dashboard_url", None):
