@@ -18,11 +18,12 @@ never picked from a plot:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
 from itertools import combinations
-from typing import Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,9 @@ from .store import (
     open_filesystem,
     write_parquet_atomic,
 )
+
+if TYPE_CHECKING:  # masks import torch; analysis loads it only when masks are read
+    from .masks import Mask
 
 SPARSITY_DECIMALS = 4
 BASELINE_KINDS = ("random", "reinit", "shuffled", "oneshot", "standard")
@@ -106,9 +110,13 @@ def analyze(
     full = full_model(rounds)
     tables = {"curves": conform("curves", curves(values))}
     tables["super_tickets"] = conform("super_tickets", super_tickets(values, full))
-    tables["overlap"] = conform("overlap", overlap(store, rounds, tables["super_tickets"], num_heads))
+    # Each chosen mask is looked up once and read from the store at most once, for both tables below.
+    matching = ticket_masks(store, rounds, tables["super_tickets"], "matching")
+    load = functools.cache(store.load_mask)
+    tables["overlap"] = conform("overlap", overlap(store, matching, load, num_heads))
     tables["transfer"] = conform("transfer", transfer(values, tables["curves"], full))
-    tables["layer_sparsity"] = conform("layer_sparsity", layer_sparsity(store, rounds, tables["super_tickets"]))
+    supers = ticket_masks(store, rounds, tables["super_tickets"], "super")
+    tables["layer_sparsity"] = conform("layer_sparsity", layer_sparsity(matching, supers, load))
     # Everything is computed before anything is written: bad input leaves the old analysis in place.
     fs, out = _out_location(store, out_dir)
     for name, frame in tables.items():
@@ -136,25 +144,32 @@ def load_analysis(results_dir: str | os.PathLike, out_dir: str | os.PathLike | N
     return tables
 
 
-def summary_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
-    """One Markdown table row per (model, method, task): full model, matching and super tickets."""
-    header = (
-        "| model | method | task | metric | full model (mean ± std) | matching sparsity (paper / strict) "
-        "| super ticket sparsity | gain | p (Welch, one-sided) | seeds | phase transition |"
-    )
-    lines = [header, "|" + "---|" * 11]
+SUMMARY_HEADER = (
+    "model", "method", "task", "metric", "full model (mean ± std)", "matching sparsity (paper / strict)",
+    "super ticket sparsity", "gain", "p (Welch, one-sided)", "seeds", "phase transition",
+)
+
+
+def summary_rows(tables: Mapping[str, pd.DataFrame]) -> list[list[str]]:
+    """One row of SUMMARY_HEADER cells per (model, method, task): full model, matching and super tickets."""
     per_task = tables["super_tickets"].drop_duplicates(TASK_KEY)
-    for r in per_task.itertuples(index=False):
-        cells = [
+    rows = [
+        [
             r.model, r.method, r.task, r.metric_name,
             f"{_num(r.full_mean)} ± {_num(r.full_std)} (n={r.full_seeds})",
             f"{_pct(r.matching_sparsity_paper)} / {_pct(r.matching_sparsity_strict)}",
             _pct(r.super_sparsity), _num(r.gain, signed=True), _num(r.p_value, fmt=".3g"),
             str(r.super_seeds), "yes" if r.phase_transition else "no",
         ]
-        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
-    if per_task.empty:
-        lines.append("| " + " | ".join(["—"] * 11) + " |")
+        for r in per_task.itertuples(index=False)
+    ]
+    return rows or [["—"] * len(SUMMARY_HEADER)]
+
+
+def summary_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
+    """The summary rows as a Markdown table (what `raytickets analyze` prints and summary.md holds)."""
+    lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in summary_rows(tables)]
     return "\n".join(lines) + "\n"
 
 
@@ -218,33 +233,36 @@ def _task_rows(key: tuple, group: pd.DataFrame, full: pd.Series | None) -> list[
     full_values = full["full_values"] if full is not None else np.array([])
     full_mean = float(full["full_mean"]) if full is not None else math.nan
     full_std = float(full["full_std"]) if full is not None else math.nan
-    pruned = levels[levels.index > 0]
-    paper = pruned.index[pruned["mean"] >= full_mean - full_std]
-    strict = pruned.index[pruned["mean"] >= full_mean]
-    super_sparsity = float(pruned["mean"].idxmax()) if len(pruned) else math.nan
+    # The matching rules, once: Chen et al.'s (within one std of the full model) and the strict one.
+    pruned_level = levels.index > 0
+    levels["matches_paper"] = pruned_level & (levels["mean"] >= full_mean - full_std)
+    levels["matches_strict"] = pruned_level & (levels["mean"] >= full_mean)
+    pruned = levels[pruned_level]
+    best = pruned.loc[pruned["mean"].idxmax()] if len(pruned) else None
+    super_sparsity = float(best.name) if best is not None else math.nan
     t_stat, p_value = math.nan, math.nan
-    if len(pruned):
+    if best is not None:
         ticket_values = group.loc[group["sparsity"] == super_sparsity, "metric"].to_numpy(dtype=float)
         t_stat, p_value = welch_greater(ticket_values, full_values)
     task = {
         **dict(zip(TASK_KEY, key)), "metric_name": group["metric_name"].iloc[0],
         "full_mean": full_mean, "full_std": full_std, "full_seeds": len(full_values),
         "full_source": full["full_source"] if full is not None else "none",
-        "matching_sparsity_paper": float(paper.max()) if len(paper) else math.nan,
-        "matching_sparsity_strict": float(strict.max()) if len(strict) else math.nan,
+        # an empty index's max() is nan: no level matches
+        "matching_sparsity_paper": float(levels.index[levels["matches_paper"]].max()),
+        "matching_sparsity_strict": float(levels.index[levels["matches_strict"]].max()),
         "super_sparsity": super_sparsity,
-        "super_mean": float(pruned.loc[super_sparsity, "mean"]) if len(pruned) else math.nan,
-        "super_std": float(pruned.loc[super_sparsity, "std"]) if len(pruned) else math.nan,
-        "super_seeds": int(pruned.loc[super_sparsity, "seeds"]) if len(pruned) else 0,
-        "gain": float(pruned.loc[super_sparsity, "mean"]) - full_mean if len(pruned) else math.nan,
+        "super_mean": float(best["mean"]) if best is not None else math.nan,
+        "super_std": float(best["std"]) if best is not None else math.nan,
+        "super_seeds": int(best["seeds"]) if best is not None else 0,
+        "gain": float(best["mean"]) - full_mean if best is not None else math.nan,
         "t_statistic": t_stat, "p_value": p_value,
         "phase_transition": phase_transition(pruned.index.to_numpy(), pruned["mean"].to_numpy(), full_mean),
     }
     return [
         {
             **task, "sparsity": float(s), "mean": float(lv["mean"]), "std": float(lv["std"]), "seeds": int(lv["seeds"]),
-            "matches_paper": bool(s > 0 and lv["mean"] >= full_mean - full_std),
-            "matches_strict": bool(s > 0 and lv["mean"] >= full_mean),
+            "matches_paper": bool(lv["matches_paper"]), "matches_strict": bool(lv["matches_strict"]),
             "is_super": bool(s == super_sparsity),
         }
         for s, lv in levels.iterrows()
@@ -276,7 +294,8 @@ def phase_transition(sparsities: np.ndarray, means: np.ndarray, full_mean: float
 
 
 def overlap(
-    store: ResultsStore, rounds: pd.DataFrame, supers: pd.DataFrame, num_heads: int | Mapping[str, int] | None = None,
+    store: ResultsStore, chosen: pd.DataFrame, load: Callable[[str], Mask],
+    num_heads: int | Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """Jaccard overlap of the matching tickets (paper rule) of every pair of tasks of one model and method.
 
@@ -284,18 +303,18 @@ def overlap(
     Counts are given overall, per layer and per tensor kind, each with the Jaccard expected of two independent
     random masks of the same sparsities in that group; structured tickets add shared heads and FFN neurons.
     """
-    chosen = ticket_masks(store, rounds, supers, "matching")
-    cache: dict[str, object] = {}
     rows = []
     for (model, method), group in chosen.groupby(["model", "method"], sort=True):
         by_task = {task: g.set_index("seed") for task, g in group.groupby("task", sort=True)}
+        # Read the model's config once per group, and only when there is a pair to count heads for.
+        heads = _heads(model, num_heads) if method == "structured" and len(by_task) > 1 else None
         for task_a, task_b in combinations(sorted(by_task), 2):
             a, b = by_task[task_a], by_task[task_b]
             common = sorted(set(a.index) & set(b.index))
             pairs = [(s, s) for s in common] or [(min(a.index), min(b.index))]
             for seed_a, seed_b in pairs:
                 ra, rb = a.loc[seed_a], b.loc[seed_b]
-                mask_a, mask_b = _mask(store, ra["mask_id"], cache), _mask(store, rb["mask_id"], cache)
+                mask_a, mask_b = load(ra["mask_id"]), load(rb["mask_id"])
                 _check_layout(store, mask_a, mask_b, ra["mask_id"], rb["mask_id"])
                 ident = {
                     "model": model, "method": method, "task_a": task_a, "task_b": task_b, "seed_a": seed_a,
@@ -304,7 +323,7 @@ def overlap(
                 }
                 counts = tensor_counts(mask_a, mask_b)
                 if method == "structured":
-                    counts = pd.concat([counts, unit_counts(mask_a, mask_b, _heads(model, num_heads))])
+                    counts = pd.concat([counts, unit_counts(mask_a, mask_b, heads)])
                 rows += [{**ident, **r} for r in aggregate_counts(counts)]
     return pd.DataFrame(rows)
 
@@ -390,12 +409,6 @@ def aggregate_counts(counts: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def _mask(store: ResultsStore, mask_id: str, cache: dict):
-    if mask_id not in cache:
-        cache[mask_id] = store.load_mask(mask_id)
-    return cache[mask_id]
-
-
 def _check_layout(store: ResultsStore, a, b, id_a: str, id_b: str) -> None:
     if a.shapes != b.shapes:
         diff = sorted(set(a.shapes.items()) ^ set(b.shapes.items()))[0][0]
@@ -447,14 +460,16 @@ def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> p
     return pd.DataFrame(rows)
 
 
-def layer_sparsity(store: ResultsStore, rounds: pd.DataFrame, supers: pd.DataFrame) -> pd.DataFrame:
-    """Per task, the sparsity of every layer of its matching ticket (or, lacking one, its super ticket), first seed."""
-    chosen = pd.concat([ticket_masks(store, rounds, supers, "matching").assign(ticket="matching"),
-                        ticket_masks(store, rounds, supers, "super").assign(ticket="super")])
-    chosen = chosen.sort_values([*TASK_KEY, "seed"], kind="stable").drop_duplicates(TASK_KEY, keep="first")
+def layer_sparsity(matching: pd.DataFrame, supers: pd.DataFrame, load: Callable[[str], Mask]) -> pd.DataFrame:
+    """Per task, the sparsity of every layer of its matching ticket (or, lacking one, its super ticket), first seed.
+
+    `matching` and `supers` are `ticket_masks` tables; "matching" sorts before "super", so a task's matching
+    ticket wins even when only its super ticket exists for a lower seed."""
+    chosen = pd.concat([matching.assign(ticket="matching"), supers.assign(ticket="super")])
+    chosen = chosen.sort_values([*TASK_KEY, "ticket", "seed"], kind="stable").drop_duplicates(TASK_KEY, keep="first")
     rows = []
     for r in chosen.to_dict("records"):
-        per_layer = store.load_mask(r["mask_id"]).sparsity_per_layer()
+        per_layer = load(r["mask_id"]).sparsity_per_layer()
         rows += [{**r, "layer": layer, "layer_sparsity": s} for layer, s in per_layer.items()]
     return pd.DataFrame(rows)
 

@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from .analysis import BASELINE_KINDS, analyze, load_analysis, summary_markdown
+from .analysis import BASELINE_KINDS, SUMMARY_HEADER, analyze, load_analysis, summary_markdown, summary_rows
 from .store import ResultsStore, open_filesystem, write_bytes_atomic
 
 BASELINE_STYLE = {  # marker and colour per baseline kind; the ticket is always blue
@@ -39,7 +39,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     tables = load_analysis(results_dir) or analyze(results_dir)
     figures = build_figures(tables)  # [(file name, caption, png bytes)]
     summary = summary_markdown(tables)
-    page = render_html(summary, figures)
+    page = render_html(summary_rows(tables), figures)
     if out_dir is None:
         fs, out = store.fs, store.path("report")
         where = f"{store.root.rstrip('/')}/report/index.html"
@@ -251,8 +251,8 @@ window.addEventListener("load", function () {{
 """
 
 
-def render_html(summary: str, figures: list[tuple[str, str, bytes]]) -> str:
-    """The page: the summary table (from the Markdown) and every figure as a base64 data URI."""
+def render_html(rows: list[list[str]], figures: list[tuple[str, str, bytes]]) -> str:
+    """The page: the summary table (`analysis.summary_rows`) and every figure as a base64 data URI."""
     parts = []
     for name, caption, png in figures:
         data = base64.b64encode(png).decode()
@@ -260,15 +260,11 @@ def render_html(summary: str, figures: list[tuple[str, str, bytes]]) -> str:
                      f'src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>')
     if not figures:
         parts.append("<p>No ticket rounds in these results: nothing to plot.</p>")
-    return PAGE.format(table=markdown_table_to_html(summary), figures="\n".join(parts))
+    return PAGE.format(table=html_table(SUMMARY_HEADER, rows), figures="\n".join(parts))
 
 
-def markdown_table_to_html(markdown: str) -> str:
-    """A pipe table (header, separator, rows) as an HTML table; cells are escaped."""
-    def cells(line: str) -> list[str]:
-        return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-
-    lines = [line for line in markdown.strip().splitlines() if line.strip()]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cells(lines[0]))
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(line)) + "</tr>" for line in lines[2:])
+def html_table(header, rows) -> str:
+    """A header and rows of cells as an HTML table; cells are escaped."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

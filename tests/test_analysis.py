@@ -282,3 +282,15 @@ def test_rounds_naming_unstored_masks_still_give_super_tickets_with_a_warning(tm
     assert task_row(tables, "rte")["super_sparsity"] == 0.5
     assert pd.read_parquet(tmp_path / "analysis" / "overlap.parquet").columns.tolist() == \
         analysis.ANALYSIS_SCHEMAS["overlap"].names
+
+
+def test_layer_sparsity_prefers_a_matching_ticket_to_a_lower_seeds_super_ticket():
+    keys = {"model": "m", "method": "magnitude", "task": "sst2"}
+    matching = pd.DataFrame([{**keys, "seed": 1, "mask_id": "matching", "sparsity": 0.5}])
+    supers = pd.DataFrame([{**keys, "seed": 0, "mask_id": "super", "sparsity": 0.25}])
+    name = "encoder.layer.0.attention.self.query.weight"
+    masks = {"matching": Mask({name: torch.tensor([True, False, True, False])}),
+             "super": Mask({name: torch.tensor([True, True, True, False])})}
+    table = analysis.layer_sparsity(matching, supers, masks.__getitem__)
+    assert table[["mask_id", "ticket", "seed", "layer", "layer_sparsity"]].values.tolist() == [
+        ["matching", "matching", 1, "0", 0.5]]
