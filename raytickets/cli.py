@@ -195,9 +195,11 @@ def cmd_export(args) -> int:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    import pyarrow.fs as pafs
+
+    from .store import write_bytes_atomic
+
+    write_bytes_atomic(json.dumps(obj, indent=2, default=str).encode(), pafs.LocalFileSystem(), str(path.resolve()))
 
 
 def parser() -> argparse.ArgumentParser:

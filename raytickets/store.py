@@ -306,9 +306,7 @@ class ResultsStore:
         path = self.path("masks", f"{mask_id}.parquet")
         if self._exists(path):
             return mask_id
-        rows = [{"mask_id": mask_id, **record} for record in mask.to_records()]
-        for row in rows:
-            _check_mask_record(row, self.display(path))
+        rows = [{"mask_id": mask_id, **record} for record in mask.to_records()]  # valid: built from the Mask
         write_parquet_atomic(rows_to_table("masks", rows), self.fs, path)
         return mask_id
 
@@ -361,7 +359,6 @@ class ResultsStore:
             _check_mask_record(record, self.display(path))
             if record["mask_id"] != mask_id:
                 raise ResultsError(f"{self.display(path)}: holds mask {record['mask_id']!r}, expected {mask_id!r}")
-        records = [{k: v for k, v in r.items() if k != "mask_id"} for r in records]
         try:
             mask = Mask.from_records(records)
         except Exception as exc:  # the Mask's own validation (dtype, duplicate names, ...)
