@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -71,8 +70,7 @@ from raytickets.config import PruneConfig  # noqa: E402
 from raytickets.errors import RayticketsError  # noqa: E402
 from raytickets.store import ResultsStore  # noqa: E402
 
-from common import default_glue_dir  # noqa: E402  (benchmarks/common.py)
-from raytickets.sweep import free_port  # noqa: E402
+from common import add_ray_args, ray_temp_and_port, resources  # noqa: E402  (benchmarks/common.py)
 
 COMPUTED = ["task", "seed", "kind", "round", "started_at", "finished_at"]  # one computation
 
@@ -97,8 +95,7 @@ def config(args, name: str, search: dict) -> dict:
             "prune": {"method": "magnitude", "schedule": args.schedule, "rate": args.rate, "rounds": args.rounds},
         },
         "search": {"max_concurrent_trials": 1, "seed": args.search_seed, **search},
-        "resources": {"num_workers": 1, "cpus_per_worker": args.cpus - 0.1, "trial_driver_cpus": 0.1,
-                      "num_cpus": args.cpus},
+        "resources": resources(args.cpus),
     }
 
 
@@ -309,10 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=4e-4,
                    help="4e-4: in 16 steps MiniLM at 5e-5 predicts one class on SST-2 (every level ties)")
-    p.add_argument("--cpus", type=int, default=2, help="CPUs of the embedded Ray; a trial's worker gets cpus - 0.1")
-    p.add_argument("--glue-dir", default=default_glue_dir())
-    p.add_argument("--temp-dir", help="Ray temp dir (default: a new /tmp/rtbXXXX)")
-    p.add_argument("--dashboard-port", type=int, help="default: a free port")
+    add_ray_args(p)
     p.add_argument("--analyze-only", action="store_true", help="print the figures of results already under --out")
     p.add_argument("--search-only", action="store_true",
                    help="keep the grid under --out (same grid flags) and run the search again, e.g. with another --search-seed")
@@ -334,8 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.search_only:
             shutil.rmtree(args.out / "data", ignore_errors=True)
         args.out.mkdir(parents=True, exist_ok=True)
-        temp_dir = args.temp_dir or tempfile.mkdtemp(prefix="rtb", dir="/tmp")
-        port = args.dashboard_port or free_port()
+        temp_dir, port = ray_temp_and_port(args)
         walls = {}
         for name, data in sweeps:
             print(f"\n=== {name} ===", flush=True)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,11 +44,10 @@ from raytickets import sweep  # noqa: E402
 from raytickets.store import ResultsStore  # noqa: E402
 
 
+from common import add_ray_args, ray_temp_and_port, resources  # noqa: E402  (benchmarks/common.py)
+
 # A computation is identified by its own start and finish times: a row reused from the full-model
 # cache (or a resumed round) carries the times of the run that computed it.
-from common import default_glue_dir  # noqa: E402  (benchmarks/common.py)
-from raytickets.sweep import free_port  # noqa: E402
-
 COMPUTED = ["task", "model", "seed", "kind", "round", "started_at", "finished_at"]
 
 
@@ -76,8 +74,7 @@ def sweep_config(args, out: Path, model: str) -> dict:
         },
         "search": {"mode": "grid", "space": {"prune.rate": {"values": args.rates}}, "num_samples": 1,
                    "scheduler": "none", "max_concurrent_trials": 1},
-        "resources": {"num_workers": 1, "cpus_per_worker": args.cpus - 0.1, "trial_driver_cpus": 0.1,
-                      "num_cpus": args.cpus},
+        "resources": resources(args.cpus),
     }
 
 
@@ -141,11 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seq-length", type=int, default=64)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--cpus", type=int, default=2, help="CPUs of the embedded Ray; the worker gets cpus - 0.1")
-    p.add_argument("--glue-dir", default=default_glue_dir())
     p.add_argument("--out", default="/tmp/sweep_overhead", help="its sweep/ and loop/ subfolders are replaced")
-    p.add_argument("--temp-dir", help="Ray temp dir (default: a new /tmp/rtbXXXX)")
-    p.add_argument("--dashboard-port", type=int, help="default: a free port")
+    add_ray_args(p)
     p.add_argument("--order", default="loop,sweep", help="which mode runs first: loop,sweep or sweep,loop")
     p.add_argument("--trial-minutes", type=float, default=5.0, help="training time of the reference trial")
     args = p.parse_args(argv)
@@ -167,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     config_path.write_text(yaml.safe_dump(sweep_config(args, out, model), sort_keys=False))
     cfg = sweep.load_config(str(config_path), [])
     threads = max(1, round(cfg.resources.cpus_per_worker))
-    temp_dir = args.temp_dir or tempfile.mkdtemp(prefix="rtb", dir="/tmp")
-    port = args.dashboard_port or free_port()
+    temp_dir, port = ray_temp_and_port(args)
 
     results, loads = {}, {}
     for mode in order:

@@ -22,14 +22,9 @@ import pytest
 import yaml
 
 from raytickets.store import ResultsStore
+from raytickets.sweep import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
