@@ -15,56 +15,42 @@ from pathlib import Path
 
 from .errors import RayticketsError
 
-# flag -> config field (TicketConfig paths)
-_TICKET_FLAGS = {
-    "task": "task",
-    "model": "model",
-    "glue_dir": "data.glue_dir",
-    "max_train_examples": "data.max_train_examples",
-    "max_dev_examples": "data.max_dev_examples",
-    "max_seq_length": "data.max_seq_length",
-    "epochs": "train.epochs",
-    "max_steps": "train.max_steps",
-    "learning_rate": "train.learning_rate",
-    "batch_size": "train.batch_size",
-    "seed": "train.seed",
-    "method": "prune.method",
-    "schedule": "prune.schedule",
-    "scope": "prune.scope",
-    "rate": "prune.rate",
-    "rounds": "prune.rounds",
-    "target_sparsity": "prune.target_sparsity",
-    "rewind_step": "prune.rewind_step",
-    "baselines": "prune.baselines",
-    "head_fraction": "prune.head_fraction",
-    "ffn_fraction": "prune.ffn_fraction",
-}
+# The ticket flags: (flag, config field it sets, type, help, only for pruning commands).
+_TICKET_FLAGS = [
+    ("--task", "task", str, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli", False),
+    ("--model", "model", str, "minilm (packaged, default), bert-base, bert-large, a directory or a hub id", False),
+    ("--glue-dir", "data.glue_dir", str, "directory in the original GLUE TSV layout (default: Hugging Face hub)", False),
+    ("--max-train-examples", "data.max_train_examples", int, "seeded subsample of the training split", False),
+    ("--max-dev-examples", "data.max_dev_examples", int, "seeded subsample of the dev split", False),
+    ("--max-seq-length", "data.max_seq_length", int, None, False),
+    ("--epochs", "train.epochs", float, None, False),
+    ("--max-steps", "train.max_steps", int, "optimiser steps per fine-tuning run (overrides --epochs)", False),
+    ("--learning-rate", "train.learning_rate", float, None, False),
+    ("--batch-size", "train.batch_size", int, None, False),
+    ("--seed", "train.seed", int, None, False),
+    ("--method", "prune.method", str, "magnitude (Chen et al. 2020) or structured (Liang et al. 2021)", True),
+    ("--schedule", "prune.schedule", str, "remaining: prune rate of what is left; original: of the original count", True),
+    ("--scope", "prune.scope", str, "global (default) or per_tensor magnitude ranking", True),
+    ("--rate", "prune.rate", float, "fraction pruned per round, in (0, 1)", True),
+    ("--rounds", "prune.rounds", int, None, True),
+    ("--target-sparsity", "prune.target_sparsity", float, "stop at this sparsity (last round prunes exactly to it)", True),
+    ("--rewind-step", "prune.rewind_step", int, "0: pre-trained weights; k: full model after k steps", True),
+    ("--baselines", "prune.baselines", str, "comma list of random, reinit, shuffled, oneshot, standard", True),
+    ("--head-fraction", "prune.head_fraction", float, "structured: fraction of attention heads to prune", True),
+    ("--ffn-fraction", "prune.ffn_fraction", float, "structured: fraction of feed-forward units to prune", True),
+]
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
 
 
 def _add_ticket_flags(p: argparse.ArgumentParser, pruning: bool) -> None:
     p.add_argument("--config", help="YAML file with a ticket config (flags and overrides win over it)")
-    p.add_argument("--task", help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")
-    p.add_argument("--model", help="minilm (packaged, default), bert-base, bert-large, a directory or a hub id")
-    p.add_argument("--glue-dir", help="directory in the original GLUE TSV layout (default: Hugging Face hub)")
-    p.add_argument("--max-train-examples", type=int, help="seeded subsample of the training split")
-    p.add_argument("--max-dev-examples", type=int, help="seeded subsample of the dev split")
-    p.add_argument("--max-seq-length", type=int)
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--max-steps", type=int, help="optimiser steps per fine-tuning run (overrides --epochs)")
-    p.add_argument("--learning-rate", "--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
-    if pruning:
-        p.add_argument("--method", help="magnitude (Chen et al. 2020) or structured (Liang et al. 2021)")
-        p.add_argument("--schedule", help="remaining: prune rate of what is left; original: of the original count")
-        p.add_argument("--scope", help="global (default) or per_tensor magnitude ranking")
-        p.add_argument("--rate", type=float, help="fraction pruned per round, in (0, 1)")
-        p.add_argument("--rounds", type=int)
-        p.add_argument("--target-sparsity", type=float, help="stop at this sparsity (last round prunes exactly to it)")
-        p.add_argument("--rewind-step", type=int, help="0: pre-trained weights; k: full model after k steps")
-        p.add_argument("--baselines", help="comma list of random, reinit, shuffled, oneshot, standard")
-        p.add_argument("--head-fraction", type=float, help="structured: fraction of attention heads to prune")
-        p.add_argument("--ffn-fraction", type=float, help="structured: fraction of feed-forward units to prune")
+    for flag, _, type_, help_, pruning_only in _TICKET_FLAGS:
+        if pruning or not pruning_only:
+            aliases = ("--lr",) if flag == "--learning-rate" else ()
+            p.add_argument(flag, *aliases, type=type_, help=help_)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config field")
 
@@ -73,8 +59,8 @@ def _ticket_config(args, imp: bool = True):
     from .config import TicketConfig, apply_overrides, build, read_yaml
 
     data = read_yaml(args.config) if args.config else {}
-    flags = [f"{path}={_yaml_value(getattr(args, flag))}" for flag, path in _TICKET_FLAGS.items()
-             if getattr(args, flag, None) is not None]
+    flags = [f"{path}={_yaml_value(getattr(args, _dest(flag)))}" for flag, path, *_ in _TICKET_FLAGS
+             if getattr(args, _dest(flag), None) is not None]
     cfg = build(TicketConfig, apply_overrides(data, flags + list(args.overrides)))
     cfg.validate(imp=imp)  # finetune prunes nothing: it needs no rounds or target sparsity
     return cfg
