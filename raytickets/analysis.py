@@ -35,12 +35,12 @@ from scipy import stats
 from .errors import ResultsError
 from .models import layer_of, tensor_kind
 from .store import (
-    META_TABLE,
     META_VERSION,
     SCHEMA_VERSION,
     ResultsStore,
     first_line,
     open_filesystem,
+    tag_table,
     write_parquet_atomic,
 )
 
@@ -488,7 +488,7 @@ def _to_arrow(name: str, frame: pd.DataFrame) -> pa.Table:
         table = schema.empty_table()
     else:
         table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
-    return table.replace_schema_metadata({META_TABLE: name.encode(), META_VERSION: str(SCHEMA_VERSION).encode()})
+    return tag_table(table, name)
 
 
 def _out_location(store: ResultsStore, out_dir: str | os.PathLike | None) -> tuple[pafs.FileSystem, str]:

@@ -240,10 +240,12 @@ def rows_to_table(table_name: str, rows: list[Mapping[str, Any]]) -> pa.Table:
             raise ResultsError(
                 f"{table_name}.{field.name}: value {bad!r} is not {field.type} ({first_line(exc)})"
             ) from None
-    table = pa.Table.from_arrays(arrays, schema=schema)
-    return table.replace_schema_metadata(
-        {META_TABLE: table_name.encode(), META_VERSION: str(SCHEMA_VERSION).encode()}
-    )
+    return tag_table(pa.Table.from_arrays(arrays, schema=schema), table_name)
+
+
+def tag_table(table: pa.Table, table_name: str) -> pa.Table:
+    """The table with the metadata every raytickets Parquet file carries: its table name and schema version."""
+    return table.replace_schema_metadata({META_TABLE: table_name.encode(), META_VERSION: str(SCHEMA_VERSION).encode()})
 
 
 def _check_round_values(row: Mapping[str, Any]) -> None:
