@@ -118,7 +118,7 @@ def analyze(
     supers = ticket_masks(store, rounds, tables["super_tickets"], "super")
     tables["layer_sparsity"] = conform("layer_sparsity", layer_sparsity(matching, supers, load))
     # Everything is computed before anything is written: bad input leaves the old analysis in place.
-    fs, out = _out_location(store, out_dir)
+    fs, out = out_location(store, out_dir)
     for name, frame in tables.items():
         write_parquet_atomic(_to_arrow(name, frame), fs, f"{out}/{name}.parquet")
     return tables
@@ -127,7 +127,7 @@ def analyze(
 def load_analysis(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, pd.DataFrame] | None:
     """The analysis tables written by `analyze`, or None if any of them is missing."""
     store = ResultsStore(results_dir)
-    fs, out = _out_location(store, out_dir)
+    fs, out = out_location(store, out_dir)
     paths = {name: f"{out}/{name}.parquet" for name in ANALYSIS_TABLES}
     if any(fs.get_file_info(p).type != pafs.FileType.File for p in paths.values()):
         return None
@@ -491,9 +491,11 @@ def _to_arrow(name: str, frame: pd.DataFrame) -> pa.Table:
     return tag_table(table, name)
 
 
-def _out_location(store: ResultsStore, out_dir: str | os.PathLike | None) -> tuple[pafs.FileSystem, str]:
+def out_location(store: ResultsStore, out_dir: str | os.PathLike | None, default: str = "analysis",
+                 ) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of an output folder: `out_dir`, or `<results root>/<default>`."""
     if out_dir is None:
-        return store.fs, store.path("analysis")
+        return store.fs, store.path(default)
     return open_filesystem(out_dir)
 
 

@@ -21,8 +21,10 @@ import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from .analysis import BASELINE_KINDS, SUMMARY_HEADER, analyze, load_analysis, summary_markdown, summary_rows
-from .store import ResultsStore, open_filesystem, write_bytes_atomic
+from .analysis import (
+    BASELINE_KINDS, SUMMARY_HEADER, analyze, load_analysis, out_location, summary_markdown, summary_rows,
+)
+from .store import ResultsStore, write_bytes_atomic
 
 BASELINE_STYLE = {  # marker and colour per baseline kind; the ticket is always blue
     "random": ("s", "tab:orange"), "reinit": ("v", "tab:green"), "shuffled": ("D", "tab:purple"),
@@ -40,12 +42,8 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     figures = build_figures(tables)  # [(file name, caption, png bytes)]
     summary = summary_markdown(tables)
     page = render_html(summary_rows(tables), figures)
-    if out_dir is None:
-        fs, out = store.fs, store.path("report")
-        where = f"{store.root.rstrip('/')}/report/index.html"
-    else:
-        fs, out = open_filesystem(out_dir)
-        where = f"{os.fspath(out_dir).rstrip('/')}/index.html"
+    fs, out = out_location(store, out_dir, "report")
+    where = store.display(f"{out}/index.html") if out_dir is None else f"{os.fspath(out_dir).rstrip('/')}/index.html"
     for name, _, png in figures:
         write_bytes_atomic(png, fs, f"{out}/{name}")
     write_bytes_atomic(summary.encode(), fs, f"{out}/summary.md")
