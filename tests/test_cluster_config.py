@@ -166,10 +166,10 @@ def test_ray_rejects_an_unknown_head_node_type():
 
 def test_node_configs_are_valid_run_instances_requests():
     """Ray passes node_config to EC2 RunInstances; Ray's schema does not look inside it, botocore can."""
-    botocore_session = pytest.importorskip("botocore.session")
+    import botocore.session
     from botocore.validate import ParamValidator
 
-    ec2 = botocore_session.get_session().get_service_model("ec2")
+    ec2 = botocore.session.get_session().get_service_model("ec2")
     shape = ec2.operation_model("RunInstances").input_shape
 
     def report(cfg, name):
