@@ -232,17 +232,16 @@ class Trajectory:
         mask = Mask.ones_like(params)
         state = full_state  # the fine-tuned weights the next round prunes
         n_rounds = cfg.prune.num_rounds()
-        done = set(self.done_rounds())
+        on_disk = set(self.done_rounds())  # finished before this run (by it, or a trajectory sharing rounds)
         walked = rows0
         for r in range(1, n_rounds + 1):
-            if r in done:
-                mask = Mask.load(self.round_dir(r) / "mask.safetensors")
+            if r in on_disk:
                 rows, resumed = self._round_rows(r), True
             else:
-                if r - 1 in done and r - 1 > 0:
+                if r - 1 in on_disk:  # go on from a round read from disk: load its mask and weights
+                    mask = Mask.load(self.round_dir(r - 1) / "mask.safetensors")
                     state = self._weights_after(r - 1, prep, params, mask, rewind_point)
                 mask, state, rows = self._round(r, prep, params, mask, state, full_state, rewind_point, full_metric)
-                done.add(r)
                 resumed = False
             walked = walked + rows
             if on_round:
