@@ -1,4 +1,5 @@
-"""Shared fixtures: the real GLUE TSVs from ../shared/glue, a tiny random BERT, a private local Ray."""
+"""Shared fixtures: the real GLUE TSVs from ../shared/glue and a tiny random BERT. (Sweep tests start their own
+private Ray per test, in a subprocess: see test_sweep.py.)"""
 
 from __future__ import annotations
 
