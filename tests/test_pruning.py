@@ -369,8 +369,9 @@ def test_select_counts_units_the_current_mask_already_removed(tiny):
     importance = StructuredImportance(heads=made_up_importance().heads, neurons=torch.rand(2, 64),
                                       ffn_layers=torch.tensor([0.2, 0.1]))
     # Round 1 removed head 1 of layer 1 and neuron 7 of layer 0, which the new scores rate highly.
-    current = structured_mask(params, tiny.config, heads={1: [0]}, neurons={0: [7]}) & magnitude_prune(
-        params, Mask.ones_like(params), 0.3)  # unstructured zeros elsewhere remove no whole unit
+    units = structured_mask(params, tiny.config, heads={1: [0]}, neurons={0: [7]})
+    zeros = magnitude_prune(params, Mask.ones_like(params), 0.3)  # unstructured zeros remove no whole unit
+    current = Mask({n: t & zeros.tensors[n] for n, t in units.tensors.items()})
     heads, neurons, _ = select_structured(importance, 0.375, 3 / 128, current=current)
     assert heads == {0: [0, 2], 1: [0]}
     assert 7 in neurons[0] and sum(map(len, neurons.values())) == 3

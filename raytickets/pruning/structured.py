@@ -1,160 +1,121 @@
-"""Choosing masks: magnitude (global or per tensor), random, and structured heads/FFN units by importance.
+"""Structured pruning (Liang et al. 2021, super tickets; Michel et al. 2019): attention heads and feed-forward
+units ranked by the sensitivity of the loss to a gate g = 1 multiplying each unit's output.
 
-Unstructured pruning follows Chen et al. 2020 (IMP on BERT): prune the smallest-magnitude weights that
-still survive until the requested sparsity is reached exactly. Structured pruning follows Liang et al. 2021
-(super tickets) and Michel et al. 2019: the importance of an attention head or feed-forward unit is the
-sensitivity |dL/dg| of the loss to a gate g = 1 multiplying that unit's output.
+Liang et al. score a unit by E_x |∂L(x)/∂g| over the training set: the absolute value per example
+(`importance: per_example`, the default), so gradients of opposite sign on different examples do not
+cancel; `per_batch` takes |∂(batch-mean loss)/∂g| per batch instead (Michel et al.'s code). A structured
+ticket is an ordinary `Mask`: a head's Q/K/V rows and attention-output columns, a neuron's intermediate
+row and output column, a whole FFN sublayer's two matrices and its output bias.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Literal, Mapping
 
 import torch
 
-from .errors import ConfigError, MaskError
-from .masks import Mask
-from .models import TENSOR_KINDS, encoder
+from ..errors import ConfigError, MaskError
+from ..masks import Mask
+from ..models import TENSOR_KINDS, encoder
+from .registry import Method, PruneContext, register
+from .unstructured import check_choice, check_fraction
 
-SCOPES = ("global", "per_tensor")
 GRANULARITIES = ("neuron", "layer")
+IMPORTANCE = ("per_example", "per_batch")
+FFN_BIAS = r"encoder\.layer\.\d+\.output\.dense\.bias"
 
 
-def _check_choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{field}: {value!r}; allowed: {', '.join(allowed)}")
+@dataclass
+class StructuredHparams:
+    head_fraction: float = 0.0  # of all heads, reached at the last round (linearly over the rounds)
+    ffn_fraction: float = 0.0  # of all FFN neurons (or whole sublayers), reached at the last round
+    ffn_granularity: Literal["neuron", "layer"] = "neuron"
+    normalize_importance: bool = True  # per-layer L2 normalisation of the scores (Michel et al.)
+    importance: Literal["per_example", "per_batch"] = "per_batch"
+    importance_batches: int | None = 32  # training batches scored per round; null = the whole split
+    losing: bool = False  # prune the most important units instead (a losing ticket)
+
+    def validate(self, path: str) -> None:
+        for name in ("head_fraction", "ffn_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{path}.{name}: {getattr(self, name)} must be in [0, 1)")
+        if self.head_fraction == 0 and self.ffn_fraction == 0:
+            raise ConfigError(f"{path}.head_fraction: structured pruning needs head_fraction or ffn_fraction > 0")
+        if self.importance_batches is not None and self.importance_batches < 1:
+            raise ConfigError(f"{path}.importance_batches: {self.importance_batches} must be >= 1 or null (all)")
 
 
-def _check_fraction(field: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{field}: {value!r} is not a fraction in [0, 1]")
-    return float(value)
+@register
+class Structured(Method):
+    name = "structured"
+    summary = "attention heads and FFN neurons / sublayers by gate sensitivity E|dL/dg| (Liang et al. 2021)"
+    Hparams = StructuredHparams
+    axis_fields = ("head_fraction", "ffn_fraction")
+    row_fields = ("head_fraction", "ffn_fraction", "ffn_granularity", "losing")
 
+    def num_rounds(self) -> int:
+        return self.rounds or 1
 
-# ---------------------------------------------------------------------------------------------------
-# Unstructured: magnitude and random
-# ---------------------------------------------------------------------------------------------------
+    def target(self, r: int) -> tuple[float, float]:
+        n = self.num_rounds()  # approach the fractions linearly over the rounds
+        return (self.hp.head_fraction * r / n, self.hp.ffn_fraction * r / n)
 
+    def extra_prunable(self) -> tuple[str, ...]:
+        # A removed FFN sublayer must not keep adding its trained output bias to the residual stream.
+        return (FFN_BIAS,) if self.hp.ffn_granularity == "layer" else ()
 
-def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool selector of exactly the k smallest scores; ties at the threshold go to the lowest indices.
+    def check_model(self, model_config, path: str) -> None:
+        """Reject fractions the model cannot take (every head of a layer) before anything is trained."""
+        c = model_config
+        L, H, I = c.num_hidden_layers, c.num_attention_heads, c.intermediate_size
+        blank = StructuredImportance(torch.zeros(L, H), torch.zeros(L, I), torch.zeros(L))
+        heads, ffn = self.target(self.num_rounds())  # the last round asks for the most
+        try:
+            select_structured(blank, heads, ffn, granularity=self.hp.ffn_granularity)
+        except ConfigError as e:
+            raise ConfigError(f"{path}.{e}") from None
 
-    kthvalue + a tie fix instead of a full sort: linear time and no int64 index array the size of the
-    model, and the choice does not depend on how topk happens to order equal values.
-    """
-    chosen = torch.zeros(scores.numel(), dtype=torch.bool)
-    if k <= 0:
-        return chosen
-    if k >= scores.numel():
-        return ~chosen
-    threshold = torch.kthvalue(scores, k).values
-    chosen = scores < threshold
-    ties = (scores == threshold).nonzero().squeeze(1)
-    chosen[ties[: k - int(chosen.sum())]] = True
-    return chosen
+    def importance(self, ctx: PruneContext) -> "StructuredImportance":
+        return structured_importance(ctx.model, ctx.batches(self.hp.importance_batches), self.hp.normalize_importance,
+                                     self.hp.importance, ctx.reduce)
 
+    def select(self, ctx: PruneContext, current: Mask, target: tuple[float, float]) -> Mask:
+        self.last_importance = self.importance(ctx)
+        heads, neurons, layers = select_structured(self.last_importance, target[0], target[1],
+                                                   self.hp.ffn_granularity, self.hp.losing, current)
+        return structured_mask(ctx.params, ctx.model.config, heads, neurons, layers)
 
-def _check_reachable(keep: torch.Tensor, target_pruned: int, where: str) -> int:
-    """How many more survivors to prune; pruned weights are never regrown, so a lower target is an error."""
-    already = keep.numel() - int(keep.sum())
-    if target_pruned < already:
-        raise ConfigError(
-            f"target_sparsity: {target_pruned / keep.numel():.6g} for {where} is below the mask's current "
-            f"sparsity {already / keep.numel():.6g}; pruned weights are never regrown"
-        )
-    return target_pruned - already
+    def random(self, ctx: PruneContext, target: tuple[float, float]) -> Mask:
+        heads, neurons, layers = random_structured(ctx.model.config, target[0], target[1], self.hp.ffn_granularity,
+                                                   ctx.generator)
+        return structured_mask(ctx.params, ctx.model.config, heads, neurons, layers)
 
-
-def _prune_each(mask: Mask, target: float, scope: str, drop: Callable[[torch.Tensor, int, list[str]], torch.Tensor]) -> Mask:
-    """Apply `drop(flat_keep, count, names) -> which survivors to prune` globally or tensor by tensor.
-
-    `drop` returns a bool vector over the survivors (in flat order) selecting exactly `count` of them.
-    """
-    groups = [[name] for name in mask.names] if scope == "per_tensor" else [mask.names]
-    tensors = {}
-    for names in groups:
-        keep = torch.cat([mask.tensors[n].reshape(-1) for n in names])
-        where = repr(names[0]) if scope == "per_tensor" else "all tensors"
-        count = _check_reachable(keep, round(target * keep.numel()), where)
-        new_keep = keep.clone()
-        new_keep[keep] = ~drop(keep, count, names)
-        pieces = torch.split(new_keep, [mask.tensors[n].numel() for n in names])
-        tensors.update({n: piece.reshape(mask.tensors[n].shape) for n, piece in zip(names, pieces)})
-    return Mask({n: tensors[n] for n in mask.names})
-
-
-def _magnitude_scores(name: str, weight: torch.Tensor, largest: bool) -> torch.Tensor:
-    scores = weight.detach().to("cpu", torch.float32).abs().reshape(-1)
-    if bool(torch.isnan(scores).any()):
-        raise ConfigError(f"weights: tensor {name!r} contains NaN; magnitudes cannot be ranked (did training diverge?)")
-    return -scores if largest else scores
-
-
-def magnitude_prune(
-    weights: Mapping[str, torch.Tensor],
-    mask: Mask,
-    target_sparsity: float,
-    scope: str = "global",
-    largest: bool = False,
-) -> Mask:
-    """Prune the smallest-|w| surviving weights until sparsity == round(target * total) / total exactly.
-
-    Already-pruned weights stay pruned and are not ranked. `global` ranks all tensors together (Chen et al.);
-    `per_tensor` brings every tensor to round(target * numel) on its own. `largest` prunes the largest instead.
-    Equals torch.nn.utils.prune.global_unstructured(L1Unstructured) for the same weights and count.
-    """
-    target = _check_fraction("target_sparsity", target_sparsity)
-    _check_choice("scope", scope, SCOPES)
-    mask.validate(weights)
-
-    def drop(keep: torch.Tensor, count: int, names: list[str]) -> torch.Tensor:
-        scores = torch.cat([_magnitude_scores(n, weights[n], largest) for n in names])
-        return _smallest(scores[keep], count)
-
-    return _prune_each(mask, target, scope, drop)
-
-
-def random_prune(
-    mask: Mask, target_sparsity: float, scope: str = "global", generator: torch.Generator | None = None
-) -> Mask:
-    """Prune survivors chosen uniformly without replacement, to exactly the count `magnitude_prune` reaches.
-
-    The random baseline must match the ticket's sparsity exactly; sampling with replacement would prune less.
-    """
-    target = _check_fraction("target_sparsity", target_sparsity)
-    _check_choice("scope", scope, SCOPES)
-    if not isinstance(generator, torch.Generator):
-        raise ConfigError(f"generator: {type(generator).__name__}; pass a seeded torch.Generator")
-
-    def drop(keep: torch.Tensor, count: int, names: list[str]) -> torch.Tensor:
-        survivors = int(keep.sum())
-        chosen = torch.zeros(survivors, dtype=torch.bool)
-        chosen[torch.randperm(survivors, generator=generator)[:count]] = True
-        return chosen
-
-    return _prune_each(mask, target, scope, drop)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Structured: attention heads and feed-forward units (Liang et al. 2021)
-# ---------------------------------------------------------------------------------------------------
+    def evidence(self) -> dict[str, torch.Tensor]:
+        imp = getattr(self, "last_importance", None)
+        return {} if imp is None else {"heads": imp.heads, "neurons": imp.neurons, "ffn_layers": imp.ffn_layers}
 
 
 @dataclass
 class StructuredImportance:
-    """|dL/dg| per unit: heads [L, H], intermediate neurons [L, I], whole FFN sublayers [L]."""
+    """Summed |dL/dg| per unit: heads [L, H], intermediate neurons [L, I], whole FFN sublayers [L]."""
 
     heads: torch.Tensor
     neurons: torch.Tensor
     ffn_layers: torch.Tensor
 
 
-def _gated_output(output, gate: torch.Tensor, split_heads: int | None = None):
-    """`output` (a tensor, or a tuple whose first item is the tensor) times the gate on its last dim."""
+def _gated_output(output, gate: torch.Tensor, per_example: bool, split_heads: int | None = None):
+    """`output` (a tensor, or a tuple whose first item is the tensor) times the gate on its last dim.
+
+    `gate` is [units] (a scalar for a whole sublayer), or with `per_example` [B, units] ([B]).
+    """
     tensor = output[0] if isinstance(output, tuple) else output
     gate = gate.to(tensor.dtype)
+    if per_example:  # broadcast over tokens: [B, 1, units], or [B, 1, 1] for a whole sublayer
+        gate = gate.reshape(gate.shape[0], 1, *gate.shape[1:])
+        gate = gate.unsqueeze(-1) if gate.dim() == 2 else gate
     if split_heads is None:
         gated = tensor * gate
     else:  # context [B, T, H*d] -> [B, T, H, d] so each head's slice gets its own gate
@@ -166,19 +127,27 @@ def _gated_output(output, gate: torch.Tensor, split_heads: int | None = None):
 def _gates(model: torch.nn.Module, heads: torch.Tensor, neurons: torch.Tensor, ffn_layers: torch.Tensor) -> Iterator[None]:
     """Forward hooks multiplying each unit's output by its gate; always removed on exit.
 
+    Gates are [L, H], [L, I], [L] (one per unit) or [B, L, H], [B, L, I], [B, L] (one per unit and example).
     transformers 5 has no `head_mask` argument, so the gates are hooks on the modules' outputs:
     self-attention returns (context [B,T,H*d], weights); intermediate returns the activation [B,T,I];
-    output.dense returns the FFN sublayer's contribution before dropout and the residual.
+    output.dense returns the FFN sublayer's whole contribution (W·h + b) before dropout and the residual.
     """
     handles = []
-    num_heads = heads.shape[1]
+    num_heads = heads.shape[-1]
+    per_example = heads.dim() == 3
+
+    def at(gates: torch.Tensor, l: int) -> torch.Tensor:
+        return gates[:, l] if per_example else gates[l]
+
     try:
         for l, layer in enumerate(encoder(model).encoder.layer):
             # Gates are indexed inside the hook so each forward builds a fresh graph to the leaf tensors.
             handles.append(layer.attention.self.register_forward_hook(
-                lambda m, a, out, l=l: _gated_output(out, heads[l], split_heads=num_heads)))
-            handles.append(layer.intermediate.register_forward_hook(lambda m, a, out, l=l: _gated_output(out, neurons[l])))
-            handles.append(layer.output.dense.register_forward_hook(lambda m, a, out, l=l: _gated_output(out, ffn_layers[l])))
+                lambda m, a, out, l=l: _gated_output(out, at(heads, l), per_example, split_heads=num_heads)))
+            handles.append(layer.intermediate.register_forward_hook(
+                lambda m, a, out, l=l: _gated_output(out, at(neurons, l), per_example)))
+            handles.append(layer.output.dense.register_forward_hook(
+                lambda m, a, out, l=l: _gated_output(out, at(ffn_layers, l), per_example)))
         yield
     finally:
         for handle in handles:
@@ -190,35 +159,70 @@ def _layer_l2_normalized(scores: torch.Tensor) -> torch.Tensor:
     return scores / (scores.norm(dim=-1, keepdim=True) + 1e-20)
 
 
-def structured_importance(model: torch.nn.Module, batches: Iterable[dict], normalize: bool = True) -> StructuredImportance:
-    """Sum over batches of |dL/dg| for every head, intermediate neuron and whole FFN sublayer.
+def per_example_loss(model: torch.nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each example's loss [B] as the model's own loss would compute it (mean over its labelled tokens for
+    token-level labels such as MLM's, where -100 marks the unlabelled ones)."""
+    import torch.nn.functional as F
+
+    if labels.dim() == 2:  # token labels
+        losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100)
+        counts = (labels != -100).sum(1).clamp(min=1)
+        return losses.view(labels.shape).sum(1) / counts
+    if logits.shape[-1] == 1:  # a regression head
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="none")
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def structured_importance(
+    model: torch.nn.Module, batches: Iterable[dict], normalize: bool = True, mode: str = "per_batch",
+    reduce=None,
+) -> StructuredImportance:
+    """Summed over batches: |dL(x)/dg| per example (`per_example`) or |dL(batch)/dg| (`per_batch`), for every
+    head, intermediate neuron and whole FFN sublayer.
 
     The model is scored in eval mode (no dropout) and put back in its previous mode; gradients are taken
-    only w.r.t. the gates (`autograd.grad`), so the parameters' `.grad` are left untouched.
-    `normalize` divides heads and neurons by their per-layer L2 norm and the FFN scores by their norm.
+    only w.r.t. the gates (`autograd.grad`), so the parameters' `.grad` are left untouched. Under DDP
+    `reduce` sums over ranks, each rank holding its part of every global batch: the result equals one
+    process scoring the global batches. `normalize` divides heads and neurons by their per-layer L2 norm and
+    the FFN scores by their norm.
     """
+    check_choice("importance", mode, IMPORTANCE)
+    reduce = reduce or (lambda t: t)
     config = model.config
     L, H, I = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
     device = next(model.parameters()).device
-    gates = [torch.ones(shape, device=device, requires_grad=True) for shape in ((L, H), (L, I), (L,))]
-    totals = [torch.zeros(g.shape, dtype=torch.float64) for g in gates]
+    totals = [torch.zeros(shape, dtype=torch.float64, device=device) for shape in ((L, H), (L, I), (L,))]
     was_training, count = model.training, 0
     model.eval()
     try:
-        with _gates(model, *gates), torch.enable_grad():
+        with torch.enable_grad():
             for batch in batches:
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                loss = model(**batch).loss
-                if loss is None:
+                if "labels" not in batch:
                     raise ConfigError("batches: a batch without 'labels'; importance needs the task loss")
-                for total, grad in zip(totals, torch.autograd.grad(loss, gates)):
-                    total += grad.detach().abs().to("cpu", torch.float64)
+                labels = batch["labels"]
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                size = labels.shape[0]
+                shapes = ((size, L, H), (size, L, I), (size, L)) if mode == "per_example" else ((L, H), (L, I), (L,))
+                gates = [torch.ones(s, device=device, requires_grad=True) for s in shapes]
+                with _gates(model, *gates):
+                    losses = per_example_loss(model, model(**inputs).logits, labels)
+                grads = torch.autograd.grad(losses.sum(), gates)  # per-example gates: row b is dL(x_b)/dg
+                if mode == "per_example":
+                    for total, grad in zip(totals, grads):
+                        total += grad.detach().abs().sum(0).double()
+                else:  # the global batch's mean loss: summed over ranks, divided by the global batch size
+                    n = reduce(torch.tensor(float(size), dtype=torch.float64, device=device))
+                    for total, grad in zip(totals, grads):
+                        total += (reduce(grad.detach().double()) / n).abs()
                 count += 1
     finally:
         model.train(was_training)
-    if count == 0:
+    if int(reduce(torch.tensor(count, device=device))) == 0:
         raise ConfigError("batches: no batches given; importance needs at least one batch with labels")
-    heads, neurons, ffn = (t.float() for t in totals)
+    if mode == "per_example":
+        totals = [reduce(t) for t in totals]
+    heads, neurons, ffn = (t.float().cpu() for t in totals)
     if normalize:
         heads, neurons, ffn = _layer_l2_normalized(heads), _layer_l2_normalized(neurons), _layer_l2_normalized(ffn)
     return StructuredImportance(heads=heads, neurons=neurons, ffn_layers=ffn)
@@ -249,7 +253,8 @@ def structured_mask(
     """The mask removing whole heads, intermediate neurons and FFN sublayers (everything else kept).
 
     Head h of layer l: rows h·d:(h+1)·d of Q, K, V and the same columns of attention.output.dense;
-    neuron i: row i of intermediate.dense and column i of output.dense; FFN layer: both tensors entirely.
+    neuron i: row i of intermediate.dense and column i of output.dense; FFN layer: both tensors entirely,
+    and its output bias where the prunable set holds it (`Structured.extra_prunable`).
     """
     L, H, I = config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
     d = config.hidden_size // H
@@ -281,6 +286,9 @@ def structured_mask(
         names = _unit_names(l)
         tensor(names["intermediate"]).fill_(False)
         tensor(names["output"]).fill_(False)
+        bias = f"encoder.layer.{l}.output.dense.bias"
+        if bias in tensors:
+            tensors[bias].fill_(False)
     return Mask(tensors)
 
 
@@ -361,9 +369,9 @@ def select_structured(
     triple always describes the whole cumulative structured mask. Every layer keeps >= 1 head; a fraction
     that cannot (more than (H-1)/H of the heads) is a ConfigError rather than a silent clamp.
     """
-    head_fraction = _check_fraction("head_fraction", head_fraction)
-    ffn_fraction = _check_fraction("ffn_fraction", ffn_fraction)
-    _check_choice("granularity", granularity, GRANULARITIES)
+    head_fraction = check_fraction("head_fraction", head_fraction)
+    ffn_fraction = check_fraction("ffn_fraction", ffn_fraction)
+    check_choice("granularity", granularity, GRANULARITIES)
     (L, H), I = importance.heads.shape, importance.neurons.shape[1]
     if current is None:
         done_heads, done_neurons, done_ffn = (torch.zeros(shape, dtype=torch.bool) for shape in ((L, H), (L, I), (L,)))

@@ -1,0 +1,26 @@
+"""Random pruning: IMP whose every round prunes survivors chosen uniformly at random (the random baseline's
+own trajectory, for curves of random tickets pruned iteratively)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..masks import Mask
+from .registry import PruneContext, register
+from .unstructured import ScheduleHparams, ScheduleMethod, random_prune
+
+
+@dataclass
+class RandomHparams(ScheduleHparams):
+    pass
+
+
+@register
+class Random(ScheduleMethod):
+    name = "random"
+    summary = "iterative random pruning on the same schedule (uniform over survivors, exact counts)"
+    Hparams = RandomHparams
+
+    def select(self, ctx: PruneContext, current: Mask, target: float) -> Mask:
+        current.validate(ctx.params)
+        return random_prune(current, target, self.hp.scope, ctx.generator)
