@@ -32,89 +32,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import ResultsError
+from .rows import (  # the row types and schemas
+    ADDED_IN, MASKS_SCHEMA, ROUNDS_SCHEMA, SCHEMAS, TICKETS_SCHEMA, MaskRow, RoundRow, TicketRow, allowed_kinds,
+    allowed_methods, as_dict,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TMP_PREFIX = ".tmp-"
 TMP_SUFFIX = ".partial"
 META_TABLE = b"raytickets.table"
 META_VERSION = b"raytickets.schema_version"
 
-ROUND_KINDS = ("ticket", "random", "reinit", "shuffled", "oneshot", "standard", "full", "transfer")
-METHODS = ("magnitude", "structured")
-TIMESTAMP = pa.timestamp("us", tz="UTC")
-
-
-def _field(name: str, type_: pa.DataType, required: bool = False) -> pa.Field:
-    return pa.field(name, type_, nullable=not required)
-
-
-ROUNDS_SCHEMA = pa.schema([
-    _field("sweep", pa.string()),
-    _field("trial", pa.string(), True),
-    _field("task", pa.string(), True),
-    _field("model", pa.string(), True),
-    _field("method", pa.string(), True),
-    _field("scope", pa.string()),
-    _field("schedule", pa.string()),
-    _field("rate", pa.float64()),
-    _field("target_sparsity", pa.float64()),
-    _field("head_fraction", pa.float64()),
-    _field("ffn_fraction", pa.float64()),
-    _field("rewind_step", pa.int64()),
-    _field("seed", pa.int64(), True),
-    _field("round", pa.int64(), True),
-    _field("kind", pa.string(), True),
-    _field("sparsity", pa.float64(), True),
-    _field("metric_name", pa.string(), True),
-    _field("metric", pa.float64(), True),
-    _field("accuracy", pa.float64()),
-    _field("f1", pa.float64()),
-    _field("matthews", pa.float64()),
-    _field("pearson", pa.float64()),
-    _field("spearman", pa.float64()),
-    _field("full_metric", pa.float64()),
-    _field("training_steps", pa.int64()),
-    _field("wall_seconds", pa.float64()),
-    _field("mask_id", pa.string()),
-    _field("source_task", pa.string()),
-    _field("source_mask_id", pa.string()),
-    _field("started_at", TIMESTAMP),
-    _field("finished_at", TIMESTAMP),
-])
-
-MASKS_SCHEMA = pa.schema([
-    _field("mask_id", pa.string(), True),
-    _field("tensor", pa.string(), True),
-    _field("shape", pa.list_(pa.int64()), True),
-    _field("bits", pa.binary(), True),
-    _field("numel", pa.int64(), True),
-    _field("sparsity", pa.float64(), True),
-])
-
-TICKETS_SCHEMA = pa.schema([
-    _field("sweep", pa.string()),
-    _field("trial", pa.string(), True),
-    _field("task", pa.string(), True),
-    _field("model", pa.string(), True),
-    _field("method", pa.string(), True),
-    _field("schedule", pa.string()),
-    _field("rate", pa.float64()),
-    _field("seed", pa.int64(), True),
-    _field("rounds", pa.int64()),
-    _field("best_round", pa.int64()),
-    _field("best_sparsity", pa.float64()),
-    _field("best_metric", pa.float64()),
-    _field("final_round", pa.int64()),
-    _field("final_sparsity", pa.float64()),
-    _field("final_metric", pa.float64()),
-    _field("full_metric", pa.float64()),
-    _field("gain", pa.float64()),
-    _field("best_mask_id", pa.string()),
-    _field("final_mask_id", pa.string()),
-    _field("finished_at", TIMESTAMP),
-])
-
-SCHEMAS = {"rounds": ROUNDS_SCHEMA, "masks": MASKS_SCHEMA, "tickets": TICKETS_SCHEMA}
 
 
 # ---------------------------------------------------------------- filesystems and atomic files
@@ -192,11 +120,13 @@ def _key_file(*key: Any) -> str:
 
 
 def round_key(row: Mapping[str, Any]) -> tuple:
-    """The dedup key of a round row: (trial, round, kind); transfer rows add (task, source_task)
-    because one trial's mask may be transferred to several target tasks in the same round."""
+    """The dedup key of a round row: (trial, round, kind); transfer rows add (task, source_task), since one
+    trial's mask may be transferred to several targets in a round, and multi-task rows add (task, arm)."""
     key = (row["trial"], int(row["round"]), row["kind"])
     if row["kind"] == "transfer":
         key += (row["task"], row.get("source_task"))
+    elif row["kind"] == "mtl":
+        key += (row["task"], row.get("arm"))
     return key
 
 
@@ -219,9 +149,11 @@ def _coerce_timestamp(value: Any, field: str) -> datetime | None:
     raise ResultsError(f"{field}: {value!r} is not a timestamp (datetime, ISO string or epoch seconds)")
 
 
-def rows_to_table(table_name: str, rows: list[Mapping[str, Any]]) -> pa.Table:
-    """Validate rows against the table's schema and build an Arrow table; ResultsError names the bad field."""
+def rows_to_table(table_name: str, rows: Iterable[Any]) -> pa.Table:
+    """Validate rows (row dataclasses or mappings) against the table's schema and build an Arrow table;
+    ResultsError names the bad field."""
     schema = SCHEMAS[table_name]
+    rows = [as_dict(row) for row in rows]
     for row in rows:
         unknown = sorted(set(row) - set(schema.names))
         if unknown:
@@ -249,10 +181,11 @@ def tag_table(table: pa.Table, table_name: str) -> pa.Table:
 
 
 def _check_round_values(row: Mapping[str, Any]) -> None:
-    if row.get("kind") not in ROUND_KINDS:
-        raise ResultsError(f"rounds.kind: {row.get('kind')!r} is not allowed; allowed: {', '.join(ROUND_KINDS)}")
-    if row.get("method") not in METHODS:
-        raise ResultsError(f"rounds.method: {row.get('method')!r} is not allowed; allowed: {', '.join(METHODS)}")
+    kinds, methods = allowed_kinds(), allowed_methods()
+    if row.get("kind") not in kinds:
+        raise ResultsError(f"rounds.kind: {row.get('kind')!r} is not allowed; allowed: {', '.join(kinds)}")
+    if row.get("method") not in methods:
+        raise ResultsError(f"rounds.method: {row.get('method')!r} is not allowed; allowed: {', '.join(methods)}")
     sparsity = row.get("sparsity")
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 <= float(sparsity) <= 1.0:
         raise ResultsError(f"rounds.sparsity: {sparsity!r} is not a fraction in [0, 1]")
@@ -287,12 +220,12 @@ class ResultsStore:
         return self.fs.get_file_info(path).type == pafs.FileType.File
 
     # ------------------------------------------------------------ writes
-    def write_rounds(self, rows: Iterable[Mapping[str, Any]]) -> int:
+    def write_rounds(self, rows: Iterable[RoundRow | Mapping[str, Any]]) -> int:
         """Write round rows (one file each); a row whose key was written before replaces it. Returns the count.
 
         Every row is validated before any file is written, so a bad row leaves the store untouched.
         """
-        rows = [dict(row) for row in rows]
+        rows = [as_dict(row) for row in rows]
         tables = []
         for row in rows:
             _check_round_values(row)
@@ -312,28 +245,33 @@ class ResultsStore:
         write_parquet_atomic(rows_to_table("masks", rows), self.fs, path)
         return mask_id
 
-    def write_ticket(self, row: Mapping[str, Any]) -> None:
+    def write_ticket(self, row: TicketRow | Mapping[str, Any]) -> None:
         """Write the summary of one finished trajectory; rewriting the same trial replaces it."""
-        table = rows_to_table("tickets", [dict(row)])
+        row = as_dict(row)
+        table = rows_to_table("tickets", [row])
         write_parquet_atomic(table, self.fs, self.path("tickets", _key_file("tickets", row["trial"])))
 
-    # ------------------------------------------------------------ queries used while a sweep runs
-    def has_round(self, trial: str, round: int, kind: str, task: str | None = None,
-                  source_task: str | None = None) -> bool:
-        """Whether this round row is stored (transfer rows also need `task` and `source_task`)."""
-        key = round_key({"trial": trial, "round": round, "kind": kind, "task": task, "source_task": source_task})
-        return self._exists(self.path("rounds", _key_file("rounds", *key)))
+    def write_weights(self, state: Mapping[str, Any], name: str) -> str:
+        """Store fine-tuned weights as `<root>/weights/<name>.safetensors` (atomically); returns the path
+        relative to the root, as `RoundRow.weights_path` records it."""
+        from safetensors.torch import save
+
+        relative = f"weights/{name}.safetensors"
+        write_bytes_atomic(save(dict(state)), self.fs, self.path(relative))
+        return relative
+
+    def load_weights(self, relative: str) -> dict:
+        """Weights stored by `write_weights` (safetensors: nothing is unpickled)."""
+        from safetensors.torch import load
+
+        path = self.path(relative)
+        if not self._exists(path):
+            raise ResultsError(f"{self.display(path)}: weights file is not in results dir {self.root}")
+        with self.fs.open_input_stream(path) as f:
+            return load(f.read())
 
     def has_mask(self, mask_id: str) -> bool:
         return self._exists(self.path("masks", f"{mask_id}.parquet"))
-
-    def completed_rounds(self, trial: str, kind: str = "ticket") -> set[int]:
-        """Round numbers of `trial` already stored with this kind (empty for a new results root)."""
-        frame = self._read("rounds", required=False)
-        if frame.empty:
-            return set()
-        done = frame[(frame["trial"] == trial) & (frame["kind"] == kind)]
-        return {int(r) for r in done["round"]}
 
     # ------------------------------------------------------------ reads
     def rounds(self) -> pd.DataFrame:
@@ -413,6 +351,10 @@ class ResultsStore:
                 f"{where}: schema version {version} is newer than this raytickets reads ({SCHEMA_VERSION}); upgrade raytickets"
             )
         schema = SCHEMAS[table_name]
+        for v in range(version + 1, SCHEMA_VERSION + 1):  # columns added since the file was written: nulls
+            for name in ADDED_IN.get(v, {}).get(table_name, ()):
+                if name not in table.column_names:
+                    table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
         missing = [name for name in schema.names if name not in table.column_names]
         if missing:
             raise ResultsError(f"{where}: missing column(s) {missing} of the {table_name} table")
@@ -439,11 +381,13 @@ def _dedupe(table_name: str, frame: pd.DataFrame) -> pd.DataFrame:
     if table_name == "tickets":
         keys = ["trial"]
     else:
-        transfer = frame["kind"] == "transfer"
+        # the same key as `round_key`: transfer rows add (task, source_task), multi-task rows (task, arm)
+        transfer, mtl = frame["kind"] == "transfer", frame["kind"] == "mtl"
         frame = frame.assign(
-            _task=frame["task"].where(transfer, ""), _source=frame["source_task"].where(transfer, "").fillna("")
+            _task=frame["task"].where(transfer | mtl, ""),
+            _extra=frame["source_task"].where(transfer, frame["arm"].where(mtl, "")).fillna(""),
         )
-        keys = ["trial", "round", "kind", "_task", "_source"]
+        keys = ["trial", "round", "kind", "_task", "_extra"]
     frame = frame.sort_values("finished_at", kind="stable", na_position="first")
-    frame = frame.drop_duplicates(keys, keep="last").drop(columns=["_task", "_source"], errors="ignore")
+    frame = frame.drop_duplicates(keys, keep="last").drop(columns=["_task", "_extra"], errors="ignore")
     return frame.sort_index().reset_index(drop=True)

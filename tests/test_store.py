@@ -20,7 +20,7 @@ import torch
 
 from raytickets.errors import ResultsError
 from raytickets.masks import Mask
-from raytickets.store import ROUNDS_SCHEMA, SCHEMA_VERSION, ResultsStore, rows_to_table
+from raytickets.store import ADDED_IN, ROUNDS_SCHEMA, SCHEMA_VERSION, ResultsStore, rows_to_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,19 +118,39 @@ def test_ticket_rewritten_for_the_same_trial_replaces_it(tmp_path):
     assert frame.loc["sst2-0", "rounds"] == 4 and len(frame) == 2
 
 
-def test_resume_queries_on_a_fresh_and_a_written_store(tmp_path):
+def stored_rounds(store: ResultsStore, trial: str, kind: str = "ticket") -> set[int]:
+    """Round numbers of `trial` stored with this kind (what a resume looks for)."""
+    frame = store.rounds()
+    return {int(r) for r in frame[(frame["trial"] == trial) & (frame["kind"] == kind)]["round"]}
+
+
+def test_round_keys_on_a_written_store(tmp_path):
     store = ResultsStore(tmp_path / "new")
-    assert store.completed_rounds("sst2-0") == set() and not store.has_round("sst2-0", 1, "ticket")
     store.write_rounds([row(round=0, kind="full"), row(round=1), row(round=2), row(round=2, kind="random")])
-    assert store.completed_rounds("sst2-0") == {1, 2} and store.completed_rounds("sst2-0", "full") == {0}
-    assert store.has_round("sst2-0", 2, "random") and not store.has_round("sst2-0", 3, "ticket")
-    store.write_rounds([row(kind="transfer", task="mrpc", source_task="sst2")])
-    assert store.has_round("sst2-0", 1, "transfer", task="mrpc", source_task="sst2")
-    assert not store.has_round("sst2-0", 1, "transfer", task="rte", source_task="sst2")
+    assert stored_rounds(store, "sst2-0") == {1, 2} and stored_rounds(store, "sst2-0", "full") == {0}
+    assert stored_rounds(store, "sst2-0", "random") == {2}
+    store.write_rounds([row(kind="transfer", task="mrpc", source_task="sst2"),
+                        row(kind="mtl", task="mrpc", arm="plain"), row(kind="mtl", task="mrpc", arm="tickets_share"),
+                        row(kind="mtl", task="mrpc", arm="plain", metric=0.5)])  # the same key again: replaced
+    frame = store.rounds()
+    transfer, mtl = frame[frame["kind"] == "transfer"], frame[frame["kind"] == "mtl"]
+    assert list(transfer["task"]) == ["mrpc"] and sorted(mtl["arm"]) == ["plain", "tickets_share"]
+    assert mtl.set_index("arm").loc["plain", "metric"] == 0.5
+
+
+def test_a_version_1_file_is_read_with_the_new_columns_null(tmp_path):
+    store = ResultsStore(tmp_path)
+    v2 = rows_to_table("rounds", [row()])
+    v1 = v2.drop_columns(list(ADDED_IN[2]["rounds"]))
+    v1 = v1.replace_schema_metadata({**v2.schema.metadata, b"raytickets.schema_version": b"1"})
+    _write_raw(tmp_path / "rounds" / "v1.parquet", v1)
+    frame = store.rounds()
+    assert len(frame) == 1 and frame["metric"].iloc[0] == 0.91
+    assert frame["setting_id"].isna().all() and frame["failed"].isna().all()
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"kind": "lottery"}, r"rounds\.kind: 'lottery' is not allowed; allowed: ticket, random"),
+    ({"kind": "lottery"}, r"rounds\.kind: 'lottery' is not allowed; allowed: ticket, full, transfer, mtl, random"),
     ({"method": "movement"}, r"rounds\.method: 'movement'"),
     ({"sparsity": 1.5}, r"rounds\.sparsity: 1\.5 is not a fraction"),
     ({"metric": None}, r"rounds\.metric: missing or None, but it is required"),
@@ -174,7 +194,7 @@ def test_table_with_missing_columns_or_newer_schema_is_refused(tmp_path):
 
     newer = good.replace_schema_metadata({**good.schema.metadata, b"raytickets.schema_version": b"99"})
     _write_raw(tmp_path / "rounds" / "old.parquet", newer)
-    with pytest.raises(ResultsError, match=r"old\.parquet: schema version 99 is newer than this raytickets reads \(1\)"):
+    with pytest.raises(ResultsError, match=rf"old\.parquet: schema version 99 is newer than this raytickets reads \({SCHEMA_VERSION}\)"):
         store.rounds()
 
     _write_raw(tmp_path / "rounds" / "old.parquet", pa.table({"trial": ["x"]}))  # a foreign Parquet file
