@@ -1,29 +1,31 @@
-"""Typed config objects, YAML loading, `key.sub=value` overrides and validation at the edge.
+"""Typed config objects and their validation at the edge; `load` is the one entry point (CLI and sweep).
 
-A config says *what* to run, never *how*. Every field is checked when the config is built, so a typo or
+A config says *what* to run, never *how*. Every field is checked when the config is loaded, so a typo or
 an out-of-range value fails with one line naming the field, the value and what is allowed — before any
-data is read, any model loaded or any cluster started.
+data is read, any model loaded or any cluster started. `validate()` only checks; defaults that depend on
+other fields (the model's learning rate, per-task settings) are filled in by `resolve()`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Sequence
 
-import yaml
-
+from . import pruning
+from .baselines import BASELINES
 from .errors import ConfigError
+from .loader import SECTIONS, apply_overrides, build, read_yaml, to_dict
 from .tasks import MIN_SEQ_LENGTH, TASKS  # the task table; tasks imports no torch
 
+__all__ = ["DataConfig", "TrainConfig", "PruneConfig", "TicketConfig", "ParamSpec", "SearchConfig",
+           "ResourcesConfig", "SweepConfig", "GLUE_TASKS", "load", "resolve", "default_learning_rate",
+           "apply_overrides", "build", "read_yaml", "to_dict"]
+
 GLUE_TASKS = tuple(TASKS)
-BASELINES = ("random", "reinit", "shuffled", "oneshot", "standard")
 
 
 @dataclass
@@ -48,17 +50,18 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    # null: chosen for the model when the ticket config is validated (default_learning_rate)
-    learning_rate: float | None = None
+    learning_rate: float | None = None  # null: the model's default (`default_learning_rate`), set by resolve()
     epochs: float = 3.0
     batch_size: int = 32
     eval_batch_size: int = 128
     warmup_ratio: float = 0.1  # linear warmup over this fraction of the steps, then linear decay
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    optimizer: Literal["adamw", "adamax"] = "adamw"  # adamax: Liang et al.'s (MT-DNN's) optimiser
     max_steps: int | None = None  # overrides epochs when set
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None = torch's default
+    progress: bool = True  # a progress bar per fine-tune on a terminal (never inside a sweep)
 
     def validate(self, path: str) -> None:
         for name in ("learning_rate", "epochs", "batch_size", "eval_batch_size", "max_grad_norm"):
@@ -74,79 +77,74 @@ class TrainConfig:
             raise ConfigError(f"{path}.threads: {self.threads} must be a positive integer or null")
 
 
-@dataclass
-class PruneConfig:
-    method: Literal["magnitude", "structured"] = "magnitude"
-    # magnitude (Chen et al. 2020): iterative magnitude pruning with rewinding
-    schedule: Literal["remaining", "original"] = "remaining"  # p of remaining weights, or p of the original count
-    scope: Literal["global", "per_tensor"] = "global"
-    rate: float = 0.1
-    rounds: int | None = None
-    target_sparsity: float | None = None  # stop here; the last round prunes exactly to it
-    rewind_step: int = 0  # 0 = pre-trained weights; k = weights after k steps of fine-tuning the full model
-    # End the trajectory after the first round whose ticket falls this far below the full model (gain <
-    # min_gain, e.g. -0.03): past the phase transition the metric only falls (Liang et al. 2021), so the
-    # deeper rounds cannot hold the super ticket. null = run every round.
-    min_gain: float | None = None
-    include: list[str] | None = None  # regexes of prunable tensor names; None = Chen et al.'s set
-    exclude: list[str] = field(default_factory=list)
-    # structured (Liang et al. 2021): attention heads and feed-forward units by gate sensitivity
-    head_fraction: float = 0.0
-    ffn_fraction: float = 0.0
-    ffn_granularity: Literal["neuron", "layer"] = "neuron"
-    normalize_importance: bool = True
-    importance_batches: int = 32
-    losing: bool = False  # prune the most important units instead (losing tickets)
-    baselines: list[str] = field(default_factory=list)
+class _PruneBehaviour:
+    """What PruneConfig does. Its fields are generated below: the generic ones, then every registered
+    method's settings, flat (`prune.rate`, `prune.head_fraction`); each method reads only its own."""
+
+    def method_impl(self) -> pruning.Method:
+        """The configured method, holding its own settings (a `Hparams` instance)."""
+        cls = pruning.get(self.method)
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(cls.Hparams)}
+        return cls(build(cls.Hparams, values, "prune"), self.rounds)
+
+    def num_rounds(self) -> int:
+        return self.method_impl().num_rounds()
+
+    def target(self, r: int) -> pruning.Target:
+        return self.method_impl().target(r)
+
+    def sparsity_at(self, r: int) -> pruning.Target:
+        """The schedule's target after `r` rounds (a sparsity for the unstructured methods)."""
+        return self.target(r)
 
     def validate(self, path: str, imp: bool = True) -> None:
         """`imp=False`: the config only fine-tunes (no pruning rounds), so no stopping point is needed."""
-        if not 0 < self.rate < 1:
-            raise ConfigError(f"{path}.rate: {self.rate} must be in (0, 1)")
+        cls = pruning.get(self.method, f"{path}.method")
+        own = {f.name for f in dataclasses.fields(cls.Hparams)}
+        for name, _, f in pruning.hparams_fields():  # a setting of another method is a mistake, not a no-op
+            if name not in own and getattr(self, name) != pruning.registry.default_of(name):
+                raise ConfigError(
+                    f"{path}.{name}: {getattr(self, name)!r} is a setting of {', '.join(pruning.owners(name))}, "
+                    f"not of method {self.method!r}; its settings: {', '.join(sorted(own))}"
+                )
         if self.rounds is not None and self.rounds < 1:
             raise ConfigError(f"{path}.rounds: {self.rounds} must be >= 1")
-        if self.target_sparsity is not None and not 0 < self.target_sparsity < 1:
-            raise ConfigError(f"{path}.target_sparsity: {self.target_sparsity} must be in (0, 1)")
-        if imp and self.method == "magnitude" and self.rounds is None and self.target_sparsity is None:
-            raise ConfigError(f"{path}.rounds: set rounds or target_sparsity (both are null)")
-        if self.schedule == "original" and self.rounds is not None and self.target_sparsity is None:
-            if self.rounds * self.rate >= 1:
-                raise ConfigError(
-                    f"{path}.rounds: {self.rounds} rounds at rate {self.rate} of the original count would prune"
-                    f" {self.rounds * self.rate:.0%}; with schedule 'original' rounds * rate must be < 1"
-                )
+        method = cls(build(cls.Hparams, {n: getattr(self, n) for n in own}, path), self.rounds)
+        method.hp.validate(path)
+        if imp:
+            method.validate(path)
         if self.rewind_step < 0:
             raise ConfigError(f"{path}.rewind_step: {self.rewind_step} must be >= 0")
         if self.min_gain is not None and not -1 <= self.min_gain <= 1:
             raise ConfigError(f"{path}.min_gain: {self.min_gain} must be in [-1, 1] (a metric difference) or null")
-        for name in ("head_fraction", "ffn_fraction"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{path}.{name}: {getattr(self, name)} must be in [0, 1)")
-        if self.method == "structured" and self.head_fraction == 0 and self.ffn_fraction == 0:
-            raise ConfigError(f"{path}.head_fraction: structured pruning needs head_fraction or ffn_fraction > 0")
-        if self.importance_batches < 1:
-            raise ConfigError(f"{path}.importance_batches: {self.importance_batches} must be >= 1")
         for b in self.baselines:
             if b not in BASELINES:
                 raise ConfigError(f"{path}.baselines: unknown baseline {b!r}; allowed: {', '.join(BASELINES)}")
 
-    def num_rounds(self) -> int:
-        """Rounds of pruning; with a target sparsity, enough rounds of the schedule to reach it."""
-        if self.method == "structured":
-            return self.rounds or 1
-        if self.target_sparsity is None:
-            return int(self.rounds)
-        r = 1
-        while _schedule(self.schedule, self.rate, r) < self.target_sparsity - 1e-12:
-            r += 1
-        return min(r, self.rounds) if self.rounds else r
 
-    def sparsity_at(self, round: int) -> float:
-        """Target sparsity after `round` rounds of magnitude pruning; the last round stops at the target."""
-        s = _schedule(self.schedule, self.rate, round)
-        if self.target_sparsity is not None and (s > self.target_sparsity or round == self.num_rounds()):
-            return self.target_sparsity
-        return s
+def _prune_fields() -> list[tuple[str, Any, Any]]:
+    generic = [
+        ("method", str, field(default="magnitude")),  # a registered method: raytickets.pruning.METHODS
+        ("rounds", int | None, field(default=None)),
+        ("rewind_step", int, field(default=0)),  # 0 = pre-trained weights; k = every weight after k steps
+        # End the trajectory after the first round whose ticket falls this far below the full model (gain <
+        # min_gain, e.g. -0.03): past the phase transition the metric only falls (Liang et al. 2021). null = never.
+        ("min_gain", float | None, field(default=None)),
+        ("include", list[str] | None, field(default=None)),  # full-match regexes; None = the model's default set
+        ("exclude", list[str], field(default_factory=list)),
+        ("baselines", list[str], field(default_factory=list)),  # kinds of raytickets.baselines.BASELINES
+    ]
+    methods = []
+    for name, tp, f in pruning.hparams_fields():
+        default = {"default": f.default} if f.default is not dataclasses.MISSING else {"default_factory": f.default_factory}
+        methods.append((name, tp, field(**default)))
+    return generic + methods
+
+
+PruneConfig = dataclasses.make_dataclass("PruneConfig", _prune_fields(), bases=(_PruneBehaviour,))
+PruneConfig.__module__ = __name__
+PruneConfig.__doc__ = ("The pruning section: generic fields (method, rounds, rewind_step, min_gain, include, "
+                       "exclude, baselines) and every registered method's settings, flat.")
 
 
 def default_learning_rate(model: str) -> float:
@@ -157,20 +155,22 @@ def default_learning_rate(model: str) -> float:
     return 1e-4 if model == "minilm" else 2e-5
 
 
-def _schedule(schedule: str, rate: float, round: int) -> float:
-    # remaining: prune p of what is left each round; original: p of the original count (BERT-Tickets' code).
-    return 1 - (1 - rate) ** round if schedule == "remaining" else min(rate * round, 1.0)
-
-
 @dataclass
 class TicketConfig:
     """One trajectory: what `raytickets imp` runs and what one sweep trial runs."""
 
     task: str = "sst2"
     model: str = "minilm"
+    metrics: Literal["glue", "paper"] = "glue"  # which metric is a task's main one (TaskSpec.main_metric_for)
+    # Fine-tuned weights stored in the results root for export: the best and last rounds ("best"), the last,
+    # every round, or none. Changes no result, so it enters no run id.
+    keep_weights: Literal["best", "last", "all", "none"] = "best"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    # Settings for some tasks only, as `key.sub: value` (Liang et al. train MNLI and QNLI for fewer epochs):
+    # {mnli: {train.epochs: 3}}. Applied by resolve() when the trajectory's task is one of them.
+    per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self, path: str = "", imp: bool = True) -> None:
         p = f"{path}." if path else ""
@@ -184,15 +184,50 @@ class TicketConfig:
             raise ConfigError(f"{p}{e}") from None
         self.data.validate(f"{p}data")
         self.train.validate(f"{p}train")
-        if self.train.learning_rate is None:  # resolved here so run ids see the value actually used
-            self.train.learning_rate = default_learning_rate(self.model)
         self.prune.validate(f"{p}prune", imp=imp)
-        if self.prune.rewind_step > 0:
-            steps = self.train.max_steps
-            if steps is not None and self.prune.rewind_step > steps:
-                raise ConfigError(
-                    f"{p}prune.rewind_step: {self.prune.rewind_step} is beyond the {steps} training steps"
-                )
+        from .models import check_patterns, parameter_names
+
+        names = parameter_names(self.model)  # from the checkpoint's header: no weights are read
+        if names is not None:
+            for name in ("include", "exclude"):
+                check_patterns(f"{p}prune.{name}", getattr(self.prune, name) or [], names)
+        if self.prune.rewind_step > 0 and self.train.max_steps is not None and self.prune.rewind_step > self.train.max_steps:
+            raise ConfigError(
+                f"{p}prune.rewind_step: {self.prune.rewind_step} is beyond the {self.train.max_steps} training steps"
+            )
+        for task, settings in self.per_task.items():
+            if task not in GLUE_TASKS:
+                raise ConfigError(f"{p}per_task: unknown task {task!r}; allowed: {', '.join(GLUE_TASKS)}")
+            for key in settings:
+                if key.partition(".")[0] not in SECTIONS or key in ("task", "per_task"):
+                    raise ConfigError(f"{p}per_task.{task}: {key!r} is not a setting; allowed: data.*, train.*, prune.*")
+            _with_task_settings(self, task, f"{p}per_task.{task}").validate(path, imp)
+
+
+def _with_task_settings(cfg: TicketConfig, task: str, path: str) -> TicketConfig:
+    data = to_dict(cfg)
+    data.pop("per_task")
+    overrides = [f"{k}={_yaml(v)}" for k, v in cfg.per_task.get(task, {}).items()]
+    try:
+        return build(TicketConfig, apply_overrides(data, overrides))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _yaml(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def resolve(cfg: TicketConfig) -> TicketConfig:
+    """The config a trajectory runs: its task's `per_task` settings applied and the model's default learning
+    rate filled in (run ids see these values, not the nulls)."""
+    out = _with_task_settings(cfg, cfg.task, "per_task") if cfg.task in cfg.per_task else copy.deepcopy(cfg)
+    out.per_task = {}
+    if out.train.learning_rate is None:
+        out.train.learning_rate = default_learning_rate(out.model)
+    return out
 
 
 @dataclass
@@ -233,10 +268,11 @@ _SPACE_RANGES = {
 @dataclass
 class SearchConfig:
     mode: Literal["optuna", "grid"] = "optuna"
-    space: dict[str, ParamSpec] = field(default_factory=dict)  # keys are TicketConfig paths: "prune.rate"
+    # Keys are TicketConfig paths ("prune.rate"); "a,b" zips dimensions: values are [a, b] pairs, one trial each.
+    space: dict[str, ParamSpec] = field(default_factory=dict)
     num_samples: int = 4  # optuna: trials; grid: repeats of the whole grid
     max_concurrent_trials: int = 1
-    scheduler: Literal["asha", "none"] = "asha"
+    scheduler: Literal["asha", "none"] = "asha"  # ASHA ranks a trial only against trials of its own task
     grace_period: int = 1  # ASHA: rounds every trial gets before it may be stopped
     reduction_factor: int = 2
     seed: int = 0
@@ -245,31 +281,24 @@ class SearchConfig:
     transfer_from: str | None = None  # a results directory of an earlier sweep
     target_tasks: list[str] = field(default_factory=list)
 
-    def validate(self, path: str) -> None:
-
-        top_level = {"task", "model"}
+    def validate(self, path: str, ticket: TicketConfig | None = None) -> None:
         for key, spec in self.space.items():
-            section, _, leaf = key.partition(".")
-            ok = key in top_level or (
-                section in ("data", "train", "prune")
-                and leaf in {f.name for f in dataclasses.fields(_SECTIONS[section])}
-            )
-            if not ok:
-                raise ConfigError(
-                    f"{path}.space: unknown parameter {key!r}; allowed: task, model, data.*, train.*, prune.*"
-                )
             spec.validate(f"{path}.space.{key}")
-            if key == "task" and spec.values:
-                for t in spec.values:
-                    if t not in GLUE_TASKS:
-                        raise ConfigError(f"{path}.space.task: unknown task {t!r}; allowed: {', '.join(GLUE_TASKS)}")
-            if key in _SPACE_RANGES:  # fail here, not inside a trial on a cluster
-                vals = spec.values if spec.values is not None else [spec.low, spec.high]
-                low_open, allowed = _SPACE_RANGES[key]
-                for v in vals:
-                    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-                    if not ok or not (0 < v < 1 if low_open else 0 <= v < 1):
-                        raise ConfigError(f"{path}.space.{key}: {v!r} must be in {allowed}")
+            parts = key.split(",")  # "prune.head_fraction,prune.ffn_fraction": values are tuples, zipped
+            if len(parts) > 1:
+                bad = next((v for v in spec.values or [None] if not isinstance(v, list) or len(v) != len(parts)), 0)
+                if spec.values is None or bad != 0:
+                    raise ConfigError(f"{path}.space.{key}: a zipped dimension needs values: a list of "
+                                      f"{len(parts)}-item lists, got {bad!r}")
+            for i, part in enumerate(parts):
+                values = None if spec.values is None else [v[i] if len(parts) > 1 else v for v in spec.values]
+                _check_space_key(f"{path}.space", part, values, spec)
+            if len(parts) == 1 and key in ("prune.method", "metrics", "model") and spec.values and ticket is not None:
+                for v in spec.values:  # every choice must make a valid trajectory with the template
+                    try:
+                        build(TicketConfig, apply_overrides(to_dict(ticket), [f"{key}={_yaml(v)}"])).validate()
+                    except ConfigError as e:
+                        raise ConfigError(f"{path}.space.{key}: value {v!r}: {e}") from None
         if self.mode == "optuna" and self.num_samples < 1:
             raise ConfigError(f"{path}.num_samples: {self.num_samples} must be >= 1")
         if self.mode == "grid":
@@ -285,6 +314,26 @@ class SearchConfig:
                 raise ConfigError(f"{path}.target_tasks: unknown task {t!r}; allowed: {', '.join(GLUE_TASKS)}")
         if self.transfer_from is not None and not self.target_tasks:
             raise ConfigError(f"{path}.target_tasks: transfer_from needs at least one target task")
+
+
+def _check_space_key(path: str, key: str, values: list | None, spec: ParamSpec) -> None:
+    section, _, leaf = key.partition(".")
+    if not (key in ("task", "model", "metrics") or (section in SECTIONS and leaf in _section_fields(section))):
+        raise ConfigError(f"{path}: unknown parameter {key!r}; allowed: task, model, data.*, train.*, prune.*")
+    if key == "task" and values:
+        for t in values:
+            if t not in GLUE_TASKS:
+                raise ConfigError(f"{path}.task: unknown task {t!r}; allowed: {', '.join(GLUE_TASKS)}")
+    if key in _SPACE_RANGES:  # fail here, not inside a trial on a cluster
+        low_open, allowed = _SPACE_RANGES[key]
+        for v in values if values is not None else [spec.low, spec.high]:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not ok or not (0 < v < 1 if low_open else 0 <= v < 1):
+                raise ConfigError(f"{path}.{key}: {v!r} must be in {allowed}")
+
+
+def _section_fields(section: str) -> set[str]:
+    return {f.name for f in dataclasses.fields({"data": DataConfig, "train": TrainConfig, "prune": PruneConfig}[section])}
 
 
 @dataclass
@@ -321,151 +370,24 @@ class SweepConfig:
     def validate(self, path: str = "") -> None:
         if not self.name or any(c in self.name for c in "/\\ "):
             raise ConfigError(f"name: {self.name!r} must be non-empty, without slashes or spaces")
-        # Validate a copy: the ticket is every trial's template, and validation resolves a null
-        # learning rate for the template's model, which a searched `model` may replace.
-        copy.deepcopy(self.ticket).validate("ticket")
-        self.search.validate("search")
+        self.ticket.validate("ticket")
+        self.search.validate("search", self.ticket)
         self.resources.validate("resources")
         if self.max_failures < 0:
             raise ConfigError(f"max_failures: {self.max_failures} must be >= 0")
 
 
-_SECTIONS = {"data": DataConfig, "train": TrainConfig, "prune": PruneConfig}
+def load(cls=None, path: str | os.PathLike | None = None, overrides: Sequence[str] = (), base: dict | None = None,
+         imp: bool = True):
+    """The one way to make a config: YAML (optional) or `base`, then `key.sub=value` overrides, then validate.
 
-
-# ---------------------------------------------------------------------------------------------------
-# Building configs from plain data. Written here rather than taken from a library because the
-# project's rule is one-line errors naming the field path, and dataclasses + typing give the types.
-
-
-def build(cls: type, data: Mapping[str, Any] | None, path: str = ""):
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and converting scalar types."""
-    data = {} if data is None else data
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__} {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"{where}: unknown key; allowed: {', '.join(names)}")
-    kwargs = {k: _convert(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _convert(tp, value, path: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, path)
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, path)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{path}: {value!r} is not allowed; allowed: {', '.join(map(str, args))}")
-        return value
-    if origin is list:
-        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-            value = [v.strip() for v in str(value).split(",") if v.strip()] if isinstance(value, str) else None
-            if value is None:
-                raise ConfigError(f"{path}: expected a list")
-        return [_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)] if args else list(value)
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return {str(k): _convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
-    if tp is Any:
-        return value
-    if value is None:
-        raise ConfigError(f"{path}: null is not allowed; expected {tp.__name__}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: {value!r} is not a boolean (true/false)")
-    if tp in (int, float):
-        if isinstance(value, bool):  # float(True) == 1.0: a boolean must not pass as a number
-            raise ConfigError(f"{path}: {value!r} is not a number ({tp.__name__})")
-        if not isinstance(value, (int, float)):
-            try:
-                value = float(value) if tp is float else int(str(value))
-            except (TypeError, ValueError):
-                raise ConfigError(f"{path}: {value!r} is not a number ({tp.__name__})") from None
-        if not math.isfinite(value):  # "nan" would pass every range check (nan <= 0 is False)
-            raise ConfigError(f"{path}: {value!r} is not a finite number ({tp.__name__})")
-        if tp is int and float(value) != int(value):
-            raise ConfigError(f"{path}: {value!r} is not an integer")
-        return tp(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{path}: {value!r} is not a string")
-        return str(value)
-    return value
-
-
-def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Apply `key.sub=value` overrides (values parsed as YAML: 3, 0.1, true, [a, b], null)."""
-    data = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key.sub=value")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        parts = _split_key(key, data)
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return data
-
-
-def _split_key(key: str, data: dict) -> list[str]:
-    """Split `a.b.c=` into path parts, keeping dotted keys that exist (search.space."prune.rate")."""
-    parts, node, rest = [], data, key.split(".")
-    while rest:
-        for n in range(len(rest), 0, -1):  # the longest existing dotted key wins
-            candidate = ".".join(rest[:n])
-            if isinstance(node, dict) and candidate in node or n == 1:
-                parts.append(candidate)
-                node = node.get(candidate) if isinstance(node, dict) else None
-                rest = rest[n:]
-                break
-    # A search-space key is itself a ticket path ("prune.rate"): keep it whole when it is new too.
-    if parts[:2] == ["search", "space"] and len(parts) > 3 and parts[2] in _SECTIONS:
-        parts[2:4] = [f"{parts[2]}.{parts[3]}"]
-    return parts
-
-
-def read_yaml(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config: file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config: {path} must hold a mapping at the top level")
-    return data
-
-
-def load(cls, path: str | os.PathLike | None = None, overrides: Sequence[str] = (), base: dict | None = None):
-    """Load `cls` from YAML (optional), apply overrides, validate."""
+    `cls` is TicketConfig or SweepConfig (default SweepConfig); `imp=False` for a ticket that only fine-tunes.
+    """
+    cls = cls or SweepConfig
     data = read_yaml(path) if path else dict(base or {})
     cfg = build(cls, apply_overrides(data, overrides))
-    cfg.validate()
+    if cls is TicketConfig:
+        cfg.validate(imp=imp)
+    else:
+        cfg.validate()
     return cfg
-
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)

@@ -17,8 +17,10 @@ from raytickets.config import (
     build,
     load,
     read_yaml,
+    resolve,
     to_dict,
 )
+from raytickets.pruning import METHODS
 from raytickets.errors import ConfigError, RayticketsError
 from raytickets.sweep import load_config
 
@@ -60,8 +62,13 @@ def error_of(fn, *args) -> str:
         ("prune.target_sparsity=1.5", ["prune.target_sparsity:", "1.5", "(0, 1)"]),
         ("prune.target_sparsity=-0.1", ["prune.target_sparsity:", "-0.1", "(0, 1)"]),
         ("prune.rate=0", ["prune.rate:", "0", "(0, 1)"]),
-        ("prune.head_fraction=1", ["prune.head_fraction:", "1", "[0, 1)"]),
-        ("prune.ffn_fraction=-0.2", ["prune.ffn_fraction:", "-0.2", "[0, 1)"]),
+        (("prune.method=structured", "prune.head_fraction=1"), ["prune.head_fraction:", "1", "[0, 1)"]),
+        (("prune.method=structured", "prune.ffn_fraction=-0.2"), ["prune.ffn_fraction:", "-0.2", "[0, 1)"]),
+        # a setting of another method is an error, not silently ignored
+        ("prune.head_fraction=0.3", ["prune.head_fraction:", "0.3", "a setting of structured", "not of method "
+                                     "'magnitude'", "its settings: losing, rate"]),
+        (("prune.method=structured", "prune.rate=0.2"), ["prune.rate:", "a setting of magnitude", "not of method "
+                                                    "'structured'"]),
         ("train.learning_rate=0", ["train.learning_rate:", "0", "positive"]),
         ("train.learning_rate=-2e-5", ["train.learning_rate:", "-2e-05", "positive"]),
         ("train.epochs=0", ["train.epochs:", "0", "positive"]),
@@ -89,12 +96,12 @@ def error_of(fn, *args) -> str:
         # bad literals
         ("prune.schedule=linear", ["prune.schedule:", "'linear'", "allowed: remaining, original"]),
         ("prune.scope=layer", ["prune.scope:", "'layer'", "allowed: global, per_tensor"]),
-        ("prune.method=lottery", ["prune.method:", "'lottery'", "allowed: magnitude, structured"]),
+        ("prune.method=lottery", ["prune.method:", "'lottery'", "allowed: " + ", ".join(METHODS)]),
         ("prune.ffn_granularity=head", ["prune.ffn_granularity:", "'head'", "neuron, layer"]),
     ],
 )
 def test_bad_ticket_field_is_one_line_naming_field_value_and_allowed(override, expected):
-    message = error_of(ticket, override)
+    message = error_of(ticket, *([override] if isinstance(override, str) else override))
     assert message.startswith(expected[0]), message
     for part in expected:
         assert part in message, f"{part!r} missing from {message!r}"
@@ -137,7 +144,7 @@ def test_bad_sweep_field_is_one_line_naming_field_value_and_allowed(overrides, e
 @pytest.mark.parametrize(
     "cls, data, field, allowed",
     [
-        (TicketConfig, {"tsak": "sst2"}, "tsak", "task, model, data, train, prune"),
+        (TicketConfig, {"tsak": "sst2"}, "tsak", "task, model, metrics"),
         (TicketConfig, {"train": {"learning_rte": 1e-5}}, "train.learning_rte", "learning_rate, epochs"),
         (TicketConfig, {"data": {"glue-dir": "x"}}, "data.glue-dir", "glue_dir"),
         (TicketConfig, {"prune": {"targt_sparsity": 0.5}}, "prune.targt_sparsity", "target_sparsity"),
@@ -253,19 +260,20 @@ def test_valid_configs_round_trip_through_to_dict():
 @pytest.mark.parametrize("model, expected", [("minilm", 1e-4), ("bert-base", 2e-5), ("bert-large", 2e-5)])
 def test_a_null_learning_rate_resolves_for_the_model(model, expected):
     assert TicketConfig().train.learning_rate is None
-    assert ticket(f"model={model}").train.learning_rate == expected
-    assert ticket(f"model={model}", "train.learning_rate=3.0e-5").train.learning_rate == 3e-5  # explicit wins
+    assert ticket(f"model={model}").train.learning_rate is None  # validation leaves the config as it is
+    assert resolve(ticket(f"model={model}")).train.learning_rate == expected
+    assert resolve(ticket(f"model={model}", "train.learning_rate=3.0e-5")).train.learning_rate == 3e-5
 
 
 def test_each_sweep_trial_resolves_the_learning_rate_for_its_own_model():
-    from raytickets.sweep import trial_ticket_config
+    from raytickets.trial import trial_ticket
 
     cfg = sweep("ticket.model=minilm", "search.space.model.values=[minilm, bert-base]")
     assert cfg.ticket.train.learning_rate is None  # the template stays unresolved
-    assert trial_ticket_config(cfg, {"model": "bert-base"}).train.learning_rate == 2e-5
-    assert trial_ticket_config(cfg, {"model": "minilm"}).train.learning_rate == 1e-4
+    assert resolve(trial_ticket(cfg, {"model": "bert-base"})).train.learning_rate == 2e-5
+    assert resolve(trial_ticket(cfg, {"model": "minilm"})).train.learning_rate == 1e-4
     fixed = sweep("ticket.train.learning_rate=3.0e-5", "search.space.model.values=[minilm, bert-base]")
-    assert trial_ticket_config(fixed, {"model": "bert-base"}).train.learning_rate == 3e-5
+    assert resolve(trial_ticket(fixed, {"model": "bert-base"})).train.learning_rate == 3e-5
 
 
 # --------------------------------------------------------------------------------------- IMP settings
