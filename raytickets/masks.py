@@ -150,9 +150,17 @@ class Mask:
             total[layer] = total.get(layer, 0) + t.numel()
         return {layer: pruned[layer] / total[layer] if total[layer] else 0.0 for layer in total}
 
+    def collapsed(self, tensor_above: float = 0.95, overall_below: float = 0.60) -> list[str]:
+        """Tensors pruned far beyond the mask's overall sparsity (layer collapse): more than `tensor_above`
+        of a tensor gone while the whole mask prunes less than `overall_below`. [] when none."""
+        if self.sparsity() >= overall_below:
+            return []
+        return [name for name, s in self.sparsity_per_tensor().items() if s > tensor_above]
+
     # -- use ---------------------------------------------------------------------------------------
 
-    def _on(self, device: torch.device) -> dict[str, torch.Tensor]:
+    def on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The mask's tensors on `device`."""
         # Cached per device: `apply` runs after every optimizer step, and a CPU->GPU copy each time
         # would cost more than the multiplication itself.
         if device not in self._by_device:
@@ -172,12 +180,7 @@ class Mask:
         if check:
             self.validate(params)
         for name, p in params.items():
-            p.mul_(self._on(p.device)[name])
-
-    def __and__(self, other: "Mask") -> "Mask":
-        """Kept by both: how a structured or magnitude choice is combined with an existing ticket."""
-        self._check_same_layout(other)
-        return Mask({n: t & other._tensors[n] for n, t in self._tensors.items()})
+            p.mul_(self.on(p.device)[name])
 
     # -- overlap -----------------------------------------------------------------------------------
 

@@ -27,13 +27,20 @@ SHORTCUTS = {
 
 # Chen et al. 2020: Q, K, V, attention output, intermediate and output dense weights of every encoder
 # layer, plus the pooler. Embeddings, biases, LayerNorm and task heads stay dense.
-DEFAULT_INCLUDE = (
+ENCODER_INCLUDE = (
     r"encoder\.layer\.\d+\.attention\.self\.(query|key|value)\.weight",
     r"encoder\.layer\.\d+\.attention\.output\.dense\.weight",
     r"encoder\.layer\.\d+\.intermediate\.dense\.weight",
     r"encoder\.layer\.\d+\.output\.dense\.weight",
-    r"pooler\.dense\.weight",
 )
+POOLER = r"pooler\.dense\.weight"
+DEFAULT_INCLUDE = (*ENCODER_INCLUDE, POOLER)
+
+
+def default_include(model: str) -> tuple[str, ...]:
+    """The prunable set a model gets when `prune.include` is null: Chen et al.'s."""
+    return DEFAULT_INCLUDE
+
 
 # The tensor kinds analysis groups by, in the field's words.
 TENSOR_KINDS = {
@@ -90,6 +97,33 @@ def resolve_model(name: str) -> str:
     return name  # a hub id: loaded online (or from the local HF cache when HF_HUB_OFFLINE=1)
 
 
+def parameter_names(name: str) -> list[str] | None:
+    """The bare encoder's parameter names from a local checkpoint's safetensors header (no weights read, no
+    torch): what prune.include/exclude patterns must match. None for a hub id (checked once it is loaded)."""
+    path = Path(resolve_model(name))
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    names = []
+    for file in files:
+        with safe_open(str(file), framework="np") as f:
+            names += [k.removeprefix("bert.") for k in f.keys()]
+    return [n for n in names if n.startswith(("embeddings.", "encoder.", "pooler."))]
+
+
+def check_patterns(field: str, patterns: Sequence[str], names: Sequence[str]) -> None:
+    """A full-match pattern that matches no parameter is a typo (`pooler` for `pooler\\..*`): one line naming it."""
+    import difflib
+
+    for pattern in patterns:
+        if not any(re.fullmatch(pattern, n) for n in names):
+            near = difflib.get_close_matches(pattern, names, n=3, cutoff=0.3) or list(names[:3])
+            raise ConfigError(f"{field}: pattern {pattern!r} matches no parameter (patterns are full-match regexes); "
+                              f"did you mean {', '.join(near)}? e.g. 'pooler\\..*' for the pooler")
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
@@ -106,8 +140,9 @@ def load_model(name: str, num_labels: int, seed: int | None = None) -> nn.Module
     from transformers.utils import logging as hf_logging
 
     path = resolve_model(name)
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the "classifier newly initialised" report is expected here
+    hf_logging.disable_progress_bar()  # a bar per load would bury the round lines
     try:
         if seed is not None:
             import torch
@@ -120,6 +155,8 @@ def load_model(name: str, num_labels: int, seed: int | None = None) -> nn.Module
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     if getattr(model.config, "model_type", None) != "bert" or not hasattr(model, "bert"):
         raise ConfigError(f"model: {name!r} is a {model.config.model_type!r} model; raytickets supports BERT-architecture models")
     return model

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .runs import write_dir_atomically
 
 HUB_DATASET = "nyu-mll/glue"
 CACHE_ENV = "RAYTICKETS_CACHE"
@@ -47,6 +47,13 @@ class TaskSpec:
     tsv_label_column: str
     tsv_labels: tuple[str, ...]
     tsv_header: tuple[str, ...] | None = None
+    # Chen et al. 2020 report MRPC and QQP accuracy and MNLI matched accuracy (`metrics: paper`); None = the
+    # GLUE main metric above. Every metric is stored either way.
+    paper_metric: str | None = None
+
+    def main_metric_for(self, convention: str) -> str:
+        """The main metric under a convention: "glue" (the GLUE main metric) or "paper" (Chen et al.'s)."""
+        return (self.paper_metric or self.main_metric) if convention == "paper" else self.main_metric
 
     @property
     def is_regression(self) -> bool:
@@ -73,13 +80,13 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("sst2", "SST-2", "sst2", ("sentence",), ("negative", "positive"), ("accuracy",), "accuracy",
                  ("dev",), ("sentence",), "label", _BINARY),
         TaskSpec("mrpc", "MRPC", "mrpc", _PAIR, ("not_equivalent", "equivalent"), ("f1", "accuracy"), "f1",
-                 ("dev",), ("#1 String", "#2 String"), "Quality", _BINARY),
+                 ("dev",), ("#1 String", "#2 String"), "Quality", _BINARY, paper_metric="accuracy"),
         TaskSpec("stsb", "STS-B", "stsb", _PAIR, (), ("pearson", "spearman"), "pearson",
                  ("dev",), _PAIR, "score", ()),
         TaskSpec("qqp", "QQP", "qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), ("f1", "accuracy"),
-                 "f1", ("dev",), ("question1", "question2"), "is_duplicate", _BINARY),
+                 "f1", ("dev",), ("question1", "question2"), "is_duplicate", _BINARY, paper_metric="accuracy"),
         TaskSpec("mnli", "MNLI", "mnli", ("premise", "hypothesis"), _NLI3, ("accuracy",), "accuracy",
-                 ("dev_matched", "dev_mismatched"), _PAIR, "gold_label", _NLI3),
+                 ("dev_matched", "dev_mismatched"), _PAIR, "gold_label", _NLI3, paper_metric="accuracy_matched"),
         TaskSpec("qnli", "QNLI", "qnli", ("question", "sentence"), _NLI2, ("accuracy",), "accuracy",
                  ("dev",), ("question", "sentence"), "label", _NLI2),
         TaskSpec("rte", "RTE", "rte", _PAIR, _NLI2, ("accuracy",), "accuracy", ("dev",), _PAIR, "label", _NLI2),
@@ -252,34 +259,6 @@ def tokenized_splits(task: TaskSpec, tokenizer, tokenizer_id: str, glue_dir: str
     return dict(load_from_disk(str(final)))
 
 
-def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
-    """Let `write` fill a private temp dir beside `final`, then `publish` it: `final` is complete or absent.
-
-    A writer killed half-way leaves only an ignored `.tmp-*` directory behind.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish(tmp, final)
-
-
-def publish(tmp: Path, final: Path) -> None:
-    """Move a fully written cache into place in one rename, so readers never see half a cache.
-
-    If another writer published the same key first, its copy (identical by construction) is kept.
-    """
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def subsample(data, limit: int | None, seed: int):
     """`limit` rows chosen uniformly with `seed`, kept in file order; the same rows on every run."""
     if limit is None or limit >= len(data):
@@ -356,6 +335,36 @@ def compute_metrics(task: TaskSpec, predictions, labels) -> dict[str, float]:
         "spearman": lambda: spearmanr(predicted, labels)[0],
     }
     return {name: float(scorers[name]()) for name in task.metrics}
+
+
+def chance_metrics(task: TaskSpec, labels) -> dict[str, float]:
+    """The metrics of a constant predictor: the majority class (ties: the lowest label), or a constant score
+    for STS-B. Correlations of a constant are undefined; their chance value is 0. A collapsed run is scored
+    at these values rather than dropped."""
+    import warnings
+
+    labels = np.asarray(labels)
+    if task.is_regression:
+        return {name: 0.0 for name in task.metrics}
+    majority = int(np.bincount(labels.astype(int), minlength=task.num_labels).argmax())
+    with warnings.catch_warnings():  # sklearn warns that a constant predictor has an undefined F1 / MCC
+        warnings.simplefilter("ignore")
+        values = compute_metrics(task, np.full(len(labels), majority), labels)
+    return {k: 0.0 if math.isnan(v) else v for k, v in values.items()}
+
+
+# Metric columns of a round row; MNLI's splits get their own (`dev_matched/accuracy` -> `accuracy_matched`).
+METRIC_COLUMNS = ("accuracy", "f1", "matthews", "pearson", "spearman", "accuracy_matched", "accuracy_mismatched")
+
+
+def flat_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
+    """`evaluate`'s metrics as the row's metric columns (None where the task has none)."""
+    flat = {k: v for k, v in metrics.items() if "/" not in k}
+    for key, value in metrics.items():
+        if "/" in key:
+            split, name = key.split("/", 1)
+            flat[f"{name}_{split.removeprefix('dev_')}"] = value
+    return {c: (float(flat[c]) if c in flat else None) for c in METRIC_COLUMNS}
 
 
 def _predicted(task: TaskSpec, predictions: np.ndarray) -> np.ndarray:

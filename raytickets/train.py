@@ -2,14 +2,15 @@
 
 The same loop runs in one process (`raytickets finetune`, tests) and inside Ray Train workers: when a
 torch.distributed process group exists (Ray Train's TorchTrainer sets one up, gloo on CPU, nccl on
-GPU) the model is wrapped in DDP, each rank trains on its shard and evaluation is gathered across
-ranks. Pruned weights are kept exactly zero by re-applying the mask after every optimiser step — no
-per-forward hooks, so a masked step costs what a dense one does (benchmarks/mask_overhead.py).
+GPU) the model is wrapped in DDP, each rank trains on its part of every global batch and evaluation is
+gathered across ranks. Pruned weights are kept exactly zero by re-applying the mask after every optimiser step —
+no per-forward hooks, so a masked step costs what a dense one does (benchmarks/mask_overhead.py).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -21,10 +22,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .config import TrainConfig
+from .distributed import global_batches, loss_weight, world
 from .errors import ConfigError
 from .masks import Mask
-from .models import encoder_state
-from .tasks import TaskSpec, compute_metrics
+from .tasks import TaskSpec, chance_metrics, compute_metrics
 
 
 @dataclass
@@ -32,15 +33,14 @@ class FinetuneResult:
     metrics: dict[str, float]  # dev metrics of the task (all dev splits, MNLI's prefixed by split)
     steps: int
     seconds: float
-    rewind_state: dict[str, torch.Tensor] | None = None  # encoder weights after `capture_step` steps
+    rewind_state: dict[str, torch.Tensor] | None = None  # the whole model's weights after `capture_step` steps
     losses: list[float] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)  # of each step taken
+    chance: dict[str, float] = field(default_factory=dict)  # the metrics of a constant (majority) predictor
 
-
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    @property
+    def diverged(self) -> bool:
+        return bool(self.losses) and not math.isfinite(self.losses[-1])
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -48,7 +48,7 @@ def device_of(model: nn.Module) -> torch.device:
 
 
 def total_steps(num_examples: int, cfg: TrainConfig, world_size: int = 1) -> int:
-    """Optimiser steps of one fine-tuning run: from max_steps, else epochs over this rank's shard."""
+    """Optimiser steps of one fine-tuning run: from max_steps, else epochs over the global batches."""
     if cfg.max_steps is not None:
         return cfg.max_steps
     per_rank = math.ceil(num_examples / world_size)
@@ -56,34 +56,35 @@ def total_steps(num_examples: int, cfg: TrainConfig, world_size: int = 1) -> int
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
-    """AdamW without decay on biases and LayerNorm (as BERT's recipe), linear warmup then linear decay."""
+    """AdamW (or Adamax) without decay on biases and LayerNorm, as BERT's recipe; linear warmup then decay."""
     from transformers import get_linear_schedule_with_warmup
 
-    if cfg.learning_rate is None:  # TicketConfig.validate picks the model's default; a bare TrainConfig has none
-        raise ConfigError("train.learning_rate: null; give a positive number (or validate the ticket config, "
+    if cfg.learning_rate is None:  # config.resolve picks the model's default; a bare TrainConfig has none
+        raise ConfigError("train.learning_rate: null; give a positive number (or resolve the ticket config, "
                           "which picks the model's default)")
 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.learning_rate,
-    )
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamax":  # decoupled decay is AdamW's; Adamax's weight_decay is L2, as MT-DNN uses it
+        optimizer = torch.optim.Adamax(groups, lr=cfg.learning_rate)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     return optimizer, scheduler
 
 
-def _shard(dataset, rank: int, size: int):
-    # A contiguous stride of indices per rank: every example is seen by exactly one rank.
-    return dataset if size == 1 else Subset(dataset, list(range(rank, len(dataset), size)))
-
-
 def batches(dataset, collate, batch_size: int, seed: int, epoch: int, shuffle: bool):
-    """Epoch `epoch`'s batches in a seeded order: the same on every run (and, per shard, every replica)."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+    """Epoch `epoch`'s batches in a seeded order, this rank's part of each global batch."""
+    for indices, _ in global_batches(len(dataset), batch_size, seed, epoch, shuffle):
+        yield collate([dataset[i] for i in indices])
+
+
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Real, contiguous CPU copies of every weight (rewind points must not be `state_dict()` references)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 def finetune(
@@ -97,11 +98,15 @@ def finetune(
     params: Mapping[str, torch.Tensor] | None = None,
     capture_step: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    start_step: int = 0,
+    desc: str | None = None,
 ) -> FinetuneResult:
     """Fine-tune `model` in place under `mask` (applied to `params`, the prunable tensors) and evaluate.
 
-    `capture_step`: also return a real copy of the encoder weights after that many optimiser steps
-    (step 0 = before any update): the rewind point of Chen et al.'s late rewinding.
+    `capture_step`: also return a real copy of the whole model's weights after that many optimiser steps
+    (step 0 = before any update): the rewind point of late rewinding. `start_step`: the model holds the
+    weights of step `start_step` of this run, which continues from there (the learning-rate schedule and
+    the data order as if it had run those steps; the optimiser's moments start fresh, as open_lth's do).
     """
     if mask is not None:
         mask.apply(params)  # validates the mask against params once, before the first step
@@ -112,37 +117,58 @@ def finetune(
     if capture_step is not None and capture_step > steps:
         raise ConfigError(f"prune.rewind_step: {capture_step} is beyond the {steps} training steps")
     optimizer, scheduler = make_optimizer(model, cfg, steps)
+    for _ in range(start_step):
+        scheduler.step()
     net = _wrap_ddp(model)
     device = device_of(model)
-    shard = _shard(train_data, rank, size)
     torch.manual_seed(cfg.seed)
-    rewind = encoder_state(model) if capture_step == 0 else None
+    rewind = state_copy(model) if capture_step == 0 else None
     losses: list[float] = []
+    rates: list[float] = []
     started = time.perf_counter()
     step, epoch = 0, 0
     model.train()
+    bar = _progress(cfg, steps - start_step, desc)
     while step < steps:
-        for batch in batches(shard, collate, cfg.batch_size, cfg.seed, epoch, shuffle=True):
-            batch = {k: v.to(device) for k, v in batch.items()}
+        for indices, global_size in global_batches(len(train_data), cfg.batch_size, cfg.seed, epoch, shuffle=True):
+            if step < start_step:  # the steps before the rewind point: data order only, no compute
+                step += 1
+                continue
+            batch = {k: v.to(device) for k, v in collate([train_data[i] for i in indices]).items()}
             loss = net(**batch).loss
-            loss.backward()
+            (loss * loss_weight(len(indices), global_size)).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            rates.append(scheduler.get_last_lr()[0])
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if mask is not None:
-                mask.apply(params, check=False)  # AdamW's decay and momentum would revive pruned weights otherwise
+                mask.apply(params, check=False)  # AdamW's decoupled decay must not move them either
             step += 1
             losses.append(float(loss.detach()))
+            if bar is not None:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+                bar.update()
             if on_step is not None:
                 on_step(step, losses[-1])
             if step == capture_step:
-                rewind = encoder_state(model)
+                rewind = state_copy(model)
             if step >= steps:
                 break
         epoch += 1
-    metrics = evaluate(model, task, dev_data, collate, cfg.eval_batch_size)
-    return FinetuneResult(metrics, steps, time.perf_counter() - started, rewind, losses)
+    if bar is not None:
+        bar.close()
+    metrics, chance = evaluate(model, task, dev_data, collate, cfg.eval_batch_size, with_chance=True)
+    return FinetuneResult(metrics, steps - start_step, time.perf_counter() - started, rewind, losses, rates, chance)
+
+
+def _progress(cfg: TrainConfig, steps: int, desc: str | None):
+    """A tqdm bar (steps, loss, ETA) on a terminal; nothing when output goes to a file or inside a sweep."""
+    if not cfg.progress or not sys.stderr.isatty() or world()[0] != 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc=desc or "fine-tune", unit="step", leave=False, dynamic_ncols=True)
 
 
 def _wrap_ddp(model: nn.Module) -> nn.Module:
@@ -181,18 +207,24 @@ def predict(model: nn.Module, dataset, collate: Callable, batch_size: int) -> tu
     )
 
 
-def evaluate(model: nn.Module, task: TaskSpec, dev_data: Mapping[str, object], collate, batch_size: int) -> dict:
-    """The task's official metrics on every dev split; with several (MNLI), `split/metric` keys too."""
+def evaluate(model: nn.Module, task: TaskSpec, dev_data: Mapping[str, object], collate, batch_size: int,
+             with_chance: bool = False):
+    """The task's official metrics on every dev split; with several (MNLI), `split/metric` keys too.
+
+    `with_chance`: also the same metrics of a constant predictor (the majority class; 0 for correlations),
+    the value a collapsed run is scored at.
+    """
     metrics: dict[str, float] = {}
+    chance: dict[str, float] = {}
     for split, dataset in dev_data.items():
         logits, labels = predict(model, dataset, collate, batch_size)
-        m = compute_metrics(task, logits, labels)
-        if len(dev_data) == 1:
-            metrics.update(m)
-        else:
-            metrics.update({f"{split}/{k}": v for k, v in m.items()})
-    if len(dev_data) > 1:  # MNLI: the main metric is the mean over matched and mismatched
-        names = {k.split("/", 1)[1] for k in metrics}
-        for name in names:
-            metrics[name] = float(np.mean([metrics[f"{s}/{name}"] for s in dev_data]))
-    return metrics
+        m, c = compute_metrics(task, logits, labels), chance_metrics(task, labels)
+        prefix = "" if len(dev_data) == 1 else f"{split}/"
+        metrics.update({f"{prefix}{k}": v for k, v in m.items()})
+        chance.update({f"{prefix}{k}": v for k, v in c.items()})
+    if len(dev_data) > 1:  # MNLI: the GLUE main metric is the mean over matched and mismatched
+        for out in (metrics, chance):
+            names = {k.split("/", 1)[1] for k in out if "/" in k}
+            for name in names:
+                out[name] = float(np.mean([out[f"{s}/{name}"] for s in dev_data]))
+    return (metrics, chance) if with_chance else metrics

@@ -118,12 +118,6 @@ def test_apply_refuses_params_that_do_not_fit():
         mask.apply(dict(params, **{NAMES[2]: torch.zeros(3, 3)}))
 
 
-def test_and_keeps_what_both_keep():
-    a = Mask({"w": torch.tensor([1, 1, 0, 0])})
-    b = Mask({"w": torch.tensor([1, 0, 1, 0])})
-    assert (a & b).tensors["w"].tolist() == [True, False, False, False]
-
-
 # -- overlap -----------------------------------------------------------------------------------------
 
 

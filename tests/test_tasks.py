@@ -14,6 +14,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from raytickets.errors import ConfigError, DataError
 from raytickets.models import load_tokenizer
+from raytickets.runs import publish
 from raytickets.tasks import (
     TASKS,
     collate,
@@ -22,7 +23,6 @@ from raytickets.tasks import (
     from_hub_split,
     get_task,
     load_split,
-    publish,
     subsample,
     tokenized_splits,
 )

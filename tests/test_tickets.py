@@ -15,13 +15,16 @@ import torch
 from safetensors.torch import load_file
 
 from raytickets import cli
+from raytickets.baselines import BASELINES, BaselineContext
 from raytickets.config import DataConfig, PruneConfig, TicketConfig, TrainConfig
+from raytickets.distributed import rank_batches
 from raytickets.errors import ConfigError
 from raytickets.masks import Mask
-from raytickets.models import encoder_state, load_model, prunable_parameters, tiny_bert
+from raytickets.models import load_model, prunable_parameters, tiny_bert
 from raytickets.pruning import magnitude_prune, select_structured, structured_importance, structured_mask
-from raytickets.tickets import Trajectory, full_id, mask_of_round, prepare, prunable_of, rewind, run_id
-from raytickets.train import finetune
+from raytickets.runs import full_id, run_id
+from raytickets.tickets import Trajectory, _plain, prepare, prunable_of
+from raytickets.train import finetune, state_copy
 
 REPO = Path(__file__).resolve().parents[1]
 # The tiny BERT's prunable weights: 2 layers x (4 x 32·32 attention + 2 x 32·64 FFN) + a 32·32 pooler.
@@ -45,8 +48,10 @@ def make_cfg(tiny_model_dir, glue_dir, cache_dir):
             data=DataConfig(glue_dir=str(glue_dir), max_train_examples=16, max_dev_examples=16, max_seq_length=64,
                             cache_dir=str(cache_dir)),
             train=TrainConfig(max_steps=2, batch_size=8, eval_batch_size=16, learning_rate=1e-3),
-            prune=PruneConfig(rounds=2, rate=0.2, importance_batches=2),
+            prune=PruneConfig(rounds=2, rate=0.2),
         )
+        if fields.get("prune__method") == "structured":  # 2 batches of importance scores are plenty here
+            fields = {"prune__importance_batches": 2, "prune__rate": PruneConfig().rate, **fields}
         for key, value in fields.items():
             section, _, name = key.partition("__")
             setattr(getattr(cfg, section), name, value)
@@ -101,9 +106,34 @@ def params_of(mask: Mask) -> dict[str, torch.Tensor]:
     return {n: torch.empty(t.shape) for n, t in mask.tensors.items()}
 
 
-def comparable(row: dict) -> dict:
+def comparable(row) -> dict:
     """A row without what legitimately differs between two identical runs (clock times)."""
+    row = row if isinstance(row, dict) else _plain(row)
     return {k: v for k, v in row.items() if k not in ("started_at", "finished_at", "wall_seconds")}
+
+
+def mask_of_round(root: Path, cfg: TicketConfig, r: int) -> Mask:
+    """The ticket mask a finished round saved."""
+    return Mask.load(Trajectory(cfg, root).round_dir(r) / "mask.safetensors")
+
+
+def run_rows(traj: Trajectory, **kwargs) -> list[dict]:
+    return [_plain(row) for row in traj.run(**kwargs)]
+
+
+def run_with_masks(traj: Trajectory) -> tuple[list[dict], dict[str, Mask]]:
+    """The rows of a run and every mask its rounds trained under, as `on_round` hands them over."""
+    masks: dict[str, Mask] = {}
+
+    def keep(state) -> None:
+        masks.update({row.mask_id: state.mask_of(row.mask_id) for row in state.rows if row.mask_id})
+
+    return run_rows(traj, on_round=keep), masks
+
+
+def rounds_seen(seen: list):
+    """An on_round callback recording (round, resumed)."""
+    return lambda state: seen.append((state.round, state.resumed))
 
 
 # -- sparsity schedules ------------------------------------------------------------------------------
@@ -114,7 +144,7 @@ def comparable(row: dict) -> dict:
 def test_every_round_prunes_to_the_schedule_to_the_weight(make_cfg, tmp_path, schedule_name, scope):
     cfg = make_cfg(prune__schedule=schedule_name, prune__scope=scope, prune__rate=0.2, prune__rounds=3)
     traj = Trajectory(cfg, tmp_path)
-    rows = traj.run()
+    rows = run_rows(traj)
     assert [(r["round"], r["kind"]) for r in rows] == [(0, "full"), (1, "ticket"), (2, "ticket"), (3, "ticket")]
     masks = [mask_of_round(tmp_path, cfg, r) for r in (1, 2, 3)]
     for r, (mask, row) in enumerate(zip(masks, rows[1:]), start=1):
@@ -141,7 +171,7 @@ def test_target_sparsity_stops_the_trajectory_and_the_last_round_prunes_exactly_
     cfg = make_cfg(prune__schedule=schedule_name, prune__rate=rate, prune__rounds=None, prune__target_sparsity=0.5)
     assert cfg.prune.num_rounds() == rounds
     traj = Trajectory(cfg, tmp_path)
-    rows = traj.run()
+    rows = run_rows(traj)
     assert [r["round"] for r in rows] == list(range(rounds + 1))
     assert traj.done_rounds() == list(range(1, rounds + 1)) and not traj.round_dir(rounds + 1).exists()
     masks = [mask_of_round(tmp_path, cfg, r) for r in range(1, rounds + 1)]
@@ -161,7 +191,7 @@ def test_rewind_after_fine_tuning_restores_every_surviving_weight_bit_for_bit(ma
     params = prunable_of(cfg, prep.model)
     fresh = load_model(cfg.model, prep.task.num_labels, seed=cfg.train.seed)  # pre-trained encoder, same head
     live = {id(t.untyped_storage()) for t in prep.model.state_dict().values()}
-    assert not any(id(t.untyped_storage()) in live for t in prep.pretrained.values())
+    assert not any(id(t.untyped_storage()) in live for t in prep.initial.state.values())
     mask = magnitude_prune(params, Mask.ones_like(params), 0.3)
     finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, cfg.train, mask, params)
     trained = prep.model.state_dict()
@@ -169,7 +199,7 @@ def test_rewind_after_fine_tuning_restores_every_surviving_weight_bit_for_bit(ma
     changed = [n for n in expected if not torch.equal(trained[n], expected[n])]
     assert any(n.startswith("bert.encoder") for n in changed) and "classifier.weight" in changed
 
-    rewind(prep.model, prep.pretrained, prep.head)
+    prep.model.load_state_dict(prep.initial.state)  # the rewind point: pre-trained encoder, the fresh head
     mask.apply(params)
     state = prep.model.state_dict()
     for name, value in expected.items():
@@ -188,14 +218,14 @@ def test_late_rewind_point_is_the_full_model_after_k_steps(make_cfg, tmp_path):
     traj.run()
     saved = load_file(str(traj.full_dir / "rewind.safetensors"))
 
-    prep = prepare(cfg)  # the same full-model run again, watched step by step
+    prep = prepare(traj.cfg)  # the same full-model run again, watched step by step
     after = {}
-    finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, cfg.train,
-             on_step=lambda step, loss: after.setdefault(step, encoder_state(prep.model)))
-    assert saved.keys() == after[1].keys()
+    finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, traj.cfg.train,
+             on_step=lambda step, loss: after.setdefault(step, state_copy(prep.model)))
+    assert saved.keys() == after[1].keys() and "classifier.weight" in saved  # every weight, the head too
     for name in saved:
         assert torch.equal(saved[name], after[1][name]), name
-    for other in (prep.pretrained, after[3]):
+    for other in (prep.initial.state, after[3]):
         assert any(not torch.equal(saved[n], other[n]) for n in saved)
 
 
@@ -216,54 +246,68 @@ def test_baselines_run_at_the_tickets_exact_sparsity(make_cfg, tmp_path, scope):
     baselines = ["random", "reinit", "shuffled", "oneshot", "standard"]
     cfg = make_cfg(prune__scope=scope, prune__baselines=baselines)
     traj = Trajectory(cfg, tmp_path)
-    rows = traj.run()
+    rows, masks = run_with_masks(traj)
     full = load_file(str(traj.full_dir / "weights.safetensors"))
     for r in (1, 2):
         at = {row["kind"]: row for row in rows if row["round"] == r}
         assert list(at) == ["ticket", *baselines]
-        ticket = traj.mask_for(at["ticket"])
+        ticket = masks[at["ticket"]["mask_id"]]
         assert_at_sparsity(ticket, schedule("remaining", 0.2, r), scope)
         for kind in baselines:
-            mask = traj.mask_for(at[kind])
+            mask = masks[at[kind]["mask_id"]]
             assert at[kind]["sparsity"] == at["ticket"]["sparsity"], kind
             assert mask.num_pruned == ticket.num_pruned, kind
             if scope == "per_tensor":
                 assert pruned_per_tensor(mask) == pruned_per_tensor(ticket), kind
-        assert traj.mask_for(at["random"]) != ticket
-        for kind in ("reinit", "shuffled", "standard"):
-            assert traj.mask_for(at[kind]) == ticket, kind
+        assert masks[at["random"]["mask_id"]] != ticket
+        for kind in ("reinit", "shuffled"):
+            assert masks[at[kind]["mask_id"]] == ticket, kind
         ones = Mask.ones_like(ticket.tensors)
         full_weights = {n: full[f"bert.{n}"] for n in ones.names}
-        assert traj.mask_for(at["oneshot"]) == magnitude_prune(full_weights, ones, schedule("remaining", 0.2, r), scope)
+        assert masks[at["oneshot"]["mask_id"]] == magnitude_prune(full_weights, ones, schedule("remaining", 0.2, r), scope)
+        if r == 1:  # standard pruning starts from the full model too: its first mask is the ticket's
+            assert masks[at["standard"]["mask_id"]] == ticket
 
 
 def test_baseline_starting_points(make_cfg, tmp_path):
     cfg = make_cfg()
     traj = Trajectory(cfg, tmp_path)
-    prep = prepare(cfg)
-    params = prunable_of(cfg, prep.model)
-    full_state = {k: v.clone() for k, v in prep.model.state_dict().items()}
+    prep = prepare(traj.cfg)
+    params = prunable_of(traj.cfg, prep.model)
+    full_state = state_copy(prep.model)
     ticket = magnitude_prune(params, Mask.ones_like(params), 0.2)
+    initial = prep.initial
 
-    def start(kind):
-        return traj.baseline_start(kind, 1, prep, params, ticket, 0.2, full_state, prep.pretrained)
+    def start(kind, chain=None):
+        return BASELINES[kind].start(BaselineContext(
+            round=1, seed=0, method=traj.method, ticket=ticket, target=0.2, rewind=initial, initial=initial,
+            full_state=full_state, model=prep.model, params=params, generator=torch.Generator().manual_seed(1),
+            pruning_on=lambda state: traj._pruning_on(prep, params, state), chain=chain or {},
+        ))
 
-    mask, weights = start("reinit")
-    assert mask == ticket
+    reinit = start("reinit")
+    assert reinit.mask == ticket and reinit.point.step == 0
     for name in params:
-        assert not torch.equal(weights[name], prep.pretrained[name]), name
-    mask, weights = start("shuffled")
-    assert mask == ticket
-    for name, value in prep.pretrained.items():
-        if name in params:  # the same values, in another order, within each tensor
-            assert not torch.equal(weights[name], value), name
-            assert torch.equal(weights[name].flatten().sort().values, value.flatten().sort().values), name
+        assert not torch.equal(reinit.point.state[f"bert.{name}"], initial.state[f"bert.{name}"]), name
+    assert torch.equal(reinit.point.state["classifier.weight"], initial.state["classifier.weight"])
+    shuffled = start("shuffled")
+    assert shuffled.mask == ticket
+    for name, value in initial.state.items():
+        if name.removeprefix("bert.") in params:  # the same values, in another order, within each tensor
+            assert not torch.equal(shuffled.point.state[name], value), name
+            assert torch.equal(shuffled.point.state[name].flatten().sort().values, value.flatten().sort().values), name
         else:
-            assert torch.equal(weights[name], value), name
-    mask, weights = start("random")
-    assert mask != ticket and mask.num_pruned == ticket.num_pruned == round(0.2 * TOTAL)
-    assert weights is prep.pretrained
-    assert start("standard") == (ticket, None)  # no rewinding: the previous round's fine-tuned model
+            assert torch.equal(shuffled.point.state[name], value), name
+    random = start("random")
+    assert random.mask != ticket and random.mask.num_pruned == ticket.num_pruned == round(0.2 * TOTAL)
+    assert random.point is initial
+    # standard pruning: its own chain, never rewound; the first round prunes the full model like the ticket
+    standard = start("standard")
+    assert standard.mask == ticket and standard.point.state is full_state and standard.point.step == 0
+    moved = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in full_state.items()}
+    later = start("standard", chain={"mask": ticket, "state": moved})
+    assert later.point.state is moved  # round r prunes and trains on from the chain's own round r-1
+    assert later.mask.num_pruned == ticket.num_pruned  # same target, from its own weights
 
 
 # -- structured tickets -----------------------------------------------------------------------------
@@ -273,12 +317,12 @@ def test_structured_trajectory_removes_the_requested_heads_and_neurons(make_cfg,
     structured = dict(prune__method="structured", prune__head_fraction=0.5, prune__ffn_fraction=0.5, prune__rounds=2)
     cfg = make_cfg(**structured, prune__baselines=["random"])
     traj = Trajectory(cfg, tmp_path)
-    rows = traj.run()
-    prep = prepare(cfg)
+    rows, by_id = run_with_masks(traj)
+    prep = prepare(traj.cfg)
     masks = []
     for r in (1, 2):
         at = {row["kind"]: row for row in rows if row["round"] == r}
-        ticket, random = traj.mask_for(at["ticket"]), traj.mask_for(at["random"])
+        ticket, random = by_id[at["ticket"]["mask_id"]], by_id[at["random"]["mask_id"]]
         masks.append(ticket)
         for mask in (ticket, random):
             heads, neurons = removed_units(mask)
@@ -291,7 +335,9 @@ def test_structured_trajectory_removes_the_requested_heads_and_neurons(make_cfg,
 
     # Round 1 removes the least important units of the fine-tuned full model.
     prep.model.load_state_dict(load_file(str(traj.full_dir / "weights.safetensors")))
-    importance = structured_importance(prep.model, traj._importance_batches(prep))
+    hp = traj.method.hp
+    batches = rank_batches(prep.train, prep.collate, cfg.train.batch_size, cfg.train.seed, 0, True, hp.importance_batches)
+    importance = structured_importance(prep.model, batches, hp.normalize_importance, hp.importance)
     least = select_structured(importance, 0.25, 0.25)
     assert masks[0] == structured_mask(params_of(masks[0]), prep.model.config, *least)
 
@@ -334,11 +380,11 @@ def test_run_ids_follow_the_settings_that_change_results(make_cfg, tmp_path):
 def test_full_model_is_computed_once_and_shared_by_trajectories_with_different_rates(make_cfg, tmp_path):
     seen = []
     first = Trajectory(make_cfg(prune__rate=0.1, prune__rounds=1), tmp_path)
-    first.run(on_round=lambda r, rows, resumed: seen.append((1, r, resumed)))
+    first.run(on_round=lambda st: seen.append((1, st.round, st.resumed)))
     full_rows = first.full_dir / "rows.json"
     stamp, content = full_rows.stat().st_mtime_ns, full_rows.read_text()
     second = Trajectory(make_cfg(prune__rate=0.2, prune__rounds=1), tmp_path)
-    rows = second.run(on_round=lambda r, rows, resumed: seen.append((2, r, resumed)))
+    rows = run_rows(second, on_round=lambda st: seen.append((2, st.round, st.resumed)))
     assert seen == [(1, 0, False), (1, 1, False), (2, 0, True), (2, 1, False)]
     assert second.full_dir == first.full_dir and second.dir != first.dir
     assert full_rows.stat().st_mtime_ns == stamp and full_rows.read_text() == content
@@ -359,8 +405,8 @@ class Interrupted(Exception):
 def test_interrupted_trajectory_resumes_without_redoing_finished_rounds(make_cfg, tmp_path):
     cfg = make_cfg(prune__rounds=3, prune__baselines=["random"])
 
-    def stop_in_round_2(r, rows, resumed):
-        if r == 1:
+    def stop_in_round_2(state):
+        if state.round == 1:
             raise Interrupted  # round 1 is on disk; round 2 never finishes
 
     traj = Trajectory(cfg, tmp_path / "a")
@@ -370,14 +416,15 @@ def test_interrupted_trajectory_resumes_without_redoing_finished_rounds(make_cfg
     round1 = (traj.round_dir(1) / "rows.json").read_text()
 
     calls = []
-    rows = Trajectory(cfg, tmp_path / "a").run(on_round=lambda r, rows, resumed: calls.append((r, resumed, rows)))
+    rows = run_rows(Trajectory(cfg, tmp_path / "a"),
+                    on_round=lambda st: calls.append((st.round, st.resumed, [_plain(r) for r in st.rows])))
     assert [(r, resumed) for r, resumed, _ in calls] == [(0, True), (1, True), (2, False), (3, False)]
     assert calls[1][2] == json.loads(round1)  # the very rows written before, timestamps included
     assert (traj.round_dir(1) / "rows.json").read_text() == round1
     assert [r["round"] for r in rows] == [0, 1, 1, 2, 2, 3, 3]
 
     # Resuming gives what an uninterrupted run gives.
-    whole = Trajectory(cfg, tmp_path / "b").run()
+    whole = run_rows(Trajectory(cfg, tmp_path / "b"))
     assert [comparable(r) for r in whole] == [comparable(r) for r in rows]
     for r in (1, 2, 3):
         assert mask_of_round(tmp_path / "a", cfg, r) == mask_of_round(tmp_path / "b", cfg, r)
@@ -412,7 +459,7 @@ def test_imp_killed_in_round_2_resumes_at_round_2(tiny_model_dir, glue_dir, cach
         proc.kill()
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = (tmp_path / "work" / "runs").iterdir()
     (round1_dir,) = run_dir.glob("round-*")  # named by index and target sparsity: round-001-s0.200000
     assert round1_dir.name.startswith("round-001-")
     round1 = {p.name: p.read_bytes() for p in round1_dir.iterdir() if p.name != "weights.safetensors"}
@@ -457,7 +504,7 @@ def test_imp_rewind_step_beyond_max_steps_exits_2(tiny_model_dir, glue_dir, cach
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert err == "error: prune.rewind_step: 1000 is beyond the 3 training steps\n"
-    assert not list(tmp_path.rglob("round-*")) and not (tmp_path / "runs").exists()
+    assert not list(tmp_path.rglob("round-*")) and not (tmp_path / "work" / "runs").exists()
 
 
 @pytest.mark.parametrize("foreign", ["shapes", "names"])
@@ -491,10 +538,10 @@ def test_imp_prints_the_table_of_rounds(tiny_model_dir, glue_dir, cache_dir, tmp
     lines = out.splitlines()
     start = lines.index("metric: accuracy")
     assert lines[start + 1].split() == ["round", "sparsity", "ticket", "random", "reinit", "full"]
-    table = [l.split() for l in lines[start + 2:]]
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    table = [l.split() for l in lines[start + 2:] if not l.startswith("results:")]
+    (run_dir,) = (tmp_path / "work" / "runs").iterdir()
     rows = {(r["round"], r["kind"]): r for f in run_dir.glob("round-*/rows.json") for r in json.loads(f.read_text())}
-    full = json.loads(next((tmp_path / "full").glob("*/rows.json")).read_text())[0]["metric"]
+    full = json.loads(next((tmp_path / "work" / "full").glob("*/rows.json")).read_text())[0]["metric"]
     assert [row[0] for row in table] == ["0", "1", "2"]
     assert table[0] == ["0", "0.0000", f"{full:.4f}", f"{full:.4f}"]
     for r, row in zip((1, 2), table[1:]):
@@ -506,17 +553,17 @@ def test_trajectories_that_stop_elsewhere_share_their_rounds(make_cfg, tmp_path)
     # rate 0.3: the schedule's sparsities are 0.3, 0.51, 0.657; a target of 0.6 makes round 3 off-schedule
     root = tmp_path / "shared"
     two = Trajectory(make_cfg(prune__rate=0.3, prune__rounds=2), root)
-    two_rows = two.run()
+    two_rows = run_rows(two)
     three = Trajectory(make_cfg(prune__rate=0.3, prune__rounds=3), root)
     assert three.id == two.id and three.dir == two.dir
     seen = []
-    three.run(on_round=lambda r, rows, resumed: seen.append((r, resumed)))
+    three.run(on_round=rounds_seen(seen))
     assert seen == [(0, True), (1, True), (2, True), (3, False)]  # rounds 1-2 were not trained again
     assert not (two.round_dir(2) / "weights.safetensors").exists()  # only the latest round keeps weights
 
     target = Trajectory(make_cfg(prune__rate=0.3, prune__rounds=None, prune__target_sparsity=0.6), root)
     seen.clear()
-    rows = target.run(on_round=lambda r, rows, resumed: seen.append((r, resumed)))
+    rows = run_rows(target, on_round=rounds_seen(seen))
     assert seen == [(0, True), (1, True), (2, True), (3, False)]
     assert target.round_dir(3) != three.round_dir(3)  # the off-schedule last round is stored apart
     masks = {r: Mask.load(target.round_dir(r) / "mask.safetensors") for r in (2, 3)}
@@ -534,25 +581,25 @@ def test_trajectories_that_stop_elsewhere_share_their_rounds(make_cfg, tmp_path)
 def test_min_gain_ends_the_trajectory_past_the_transition_and_keeps_its_rounds_shared(make_cfg, tmp_path):
     root = tmp_path / "shared"
     everything = Trajectory(make_cfg(prune__rounds=3), root)
-    rows = everything.run()
+    rows = run_rows(everything)
     gains = [r["metric"] - r["full_metric"] for r in rows if r["kind"] == "ticket"]
     # A bar above every round's gain stops after round 1; one below all of them never stops.
     above, below = max(gains) + 0.01, min(gains) - 0.01
     stopped = Trajectory(make_cfg(prune__rounds=3, prune__min_gain=above), root)
     assert stopped.id == everything.id  # where a trajectory stops is not part of what it computes
     seen = []
-    walked = stopped.run(on_round=lambda r, rows, resumed: seen.append((r, resumed)))
+    walked = run_rows(stopped, on_round=rounds_seen(seen))
     assert seen == [(0, True), (1, True)]
     assert [(r["round"], r["kind"]) for r in walked] == [(0, "full"), (1, "ticket")]
-    assert [r["round"] for r in Trajectory(make_cfg(prune__rounds=3, prune__min_gain=below), root).run()] == [0, 1, 2, 3]
+    assert [r.round for r in Trajectory(make_cfg(prune__rounds=3, prune__min_gain=below), root).run()] == [0, 1, 2, 3]
 
     # A fresh trajectory that stops trains nothing past the stop; one without the bar goes on from there.
     fresh = tmp_path / "fresh"
-    assert [r["round"] for r in Trajectory(make_cfg(prune__rounds=3, prune__min_gain=above), fresh).run()] == [0, 1]
+    assert [r.round for r in Trajectory(make_cfg(prune__rounds=3, prune__min_gain=above), fresh).run()] == [0, 1]
     later = Trajectory(make_cfg(prune__rounds=3), fresh)
     assert later.done_rounds() == [1]
     seen.clear()
-    later.run(on_round=lambda r, rows, resumed: seen.append((r, resumed)))
+    later.run(on_round=rounds_seen(seen))
     assert seen == [(0, True), (1, True), (2, False), (3, False)]
 
 
@@ -575,7 +622,7 @@ def test_pretrained_minilm_trajectory_learns_and_stops_past_its_transition(glue_
         prune=PruneConfig(schedule="original", rate=0.3, rounds=3, min_gain=-0.05),
     )
     traj = Trajectory(cfg, tmp_path)
-    rows = traj.run()
+    rows = run_rows(traj)
     full, tickets = rows[0], rows[1:]
     assert full["kind"] == "full" and full["metric"] >= 0.62, full
     assert tickets[0]["sparsity"] == pytest.approx(0.3, abs=1e-6) and tickets[0]["metric"] >= 0.62, tickets[0]

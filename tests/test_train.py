@@ -15,7 +15,7 @@ from raytickets.masks import Mask
 from raytickets.models import MINILM, encoder_state, load_model, load_tokenizer, prunable_parameters, snapshot
 from raytickets.pruning import random_prune
 from raytickets.tasks import collate, compute_metrics, get_task, tokenized_splits
-from raytickets.train import evaluate, finetune, make_optimizer, predict, total_steps
+from raytickets.train import evaluate, finetune, make_optimizer, predict, state_copy, total_steps
 
 # Large enough that a few Adam steps visibly move a tiny random model's weights.
 FAST = dict(learning_rate=1e-3, batch_size=8, eval_batch_size=16, warmup_ratio=0.0)
@@ -152,21 +152,22 @@ def test_a_mask_for_other_tensors_is_rejected_before_training(sst2):
 
 
 def test_rewind_capture_equals_the_run_interrupted_after_k_steps_and_is_a_copy(sst2):
-    # The rewind point is the weights after k steps of *this* run (its learning-rate schedule
-    # included), so the reference is the same run interrupted after k steps.
+    # The rewind point is every weight (encoder and head) after k steps of *this* run (its learning-rate
+    # schedule included), so the reference is the same run interrupted after k steps.
     k, cfg = 3, TrainConfig(max_steps=7, **{**FAST, "warmup_ratio": 0.2})
     model = sst2.model()
     res = sst2.finetune(model, cfg, capture_step=k)
     reference = sst2.model()
     with pytest.raises(Stop):
         sst2.finetune(reference, cfg, on_step=stop_after(k))
-    at_k, final = encoder_state(reference), encoder_state(model)
+    at_k, final = state_copy(reference), state_copy(model)
     assert res.rewind_state.keys() == at_k.keys() == final.keys()
+    assert "classifier.weight" in res.rewind_state  # the head is rewound too (Frankle et al., open_lth)
     for name, value in res.rewind_state.items():
         assert torch.equal(value, at_k[name]), name
     # ... and not the final weights: a state_dict() reference would have trained on with the model
     prunable = prunable_parameters(model)
-    for name in prunable:
+    for name in [*(f"bert.{n}" for n in prunable), "classifier.weight"]:
         assert not torch.equal(res.rewind_state[name], final[name]), name
     own = {p.data_ptr() for p in model.parameters()}
     assert not own & {t.data_ptr() for t in res.rewind_state.values()}
@@ -179,21 +180,47 @@ def test_rewind_capture_equals_a_run_of_max_steps_k(sst2):
     res = sst2.finetune(model, TrainConfig(max_steps=5, **FAST), capture_step=1)
     short = sst2.model()
     sst2.finetune(short, TrainConfig(max_steps=1, **FAST))
-    at_1 = encoder_state(short)
+    at_1 = state_copy(short)
     assert all(torch.equal(res.rewind_state[n], at_1[n]) for n in at_1)
-    assert not all(torch.equal(res.rewind_state[n], v) for n, v in encoder_state(model).items())
+    assert not all(torch.equal(res.rewind_state[n], v) for n, v in state_copy(model).items())
 
 
 def test_rewind_capture_at_step_0_is_the_masked_pretrained_weights(sst2):
     model = sst2.model()
     params = prunable_parameters(model)
     mask = random_mask(params, 0.3)
-    pretrained = encoder_state(model)
+    pretrained = state_copy(model)
     res = sst2.finetune(model, TrainConfig(max_steps=2, **FAST), mask=mask, params=params, capture_step=0)
     for name, value in res.rewind_state.items():
-        expected = pretrained[name] * mask.tensors[name] if name in params else pretrained[name]
+        bare = name.removeprefix("bert.")
+        expected = pretrained[name] * mask.tensors[bare] if bare in params else pretrained[name]
         assert torch.equal(value, expected), name
-    assert not torch.equal(res.rewind_state["pooler.dense.weight"], params["pooler.dense.weight"])
+    assert not torch.equal(res.rewind_state["bert.pooler.dense.weight"], params["pooler.dense.weight"])
+
+
+def no_dropout(model):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def test_late_rewinding_continues_the_schedule_from_step_k(sst2):
+    """Training from step k's weights with start_step=k is the rest of the original run (open_lth's
+    rewinding): the learning rates of steps k+1..T and the batches of those steps, T-k steps. Dropout is off
+    so the same weights on the same batch give the same loss."""
+    k, cfg = 3, TrainConfig(max_steps=6, **{**FAST, "warmup_ratio": 0.5})
+    whole = sst2.finetune(no_dropout(sst2.model()), cfg, capture_step=k)
+    rewound = no_dropout(sst2.model())
+    rewound.load_state_dict(whole.rewind_state)
+    rest = sst2.finetune(rewound, cfg, start_step=k)
+    assert rest.steps == 6 - k and len(rest.losses) == 6 - k
+    assert rest.learning_rates == whole.learning_rates[k:]
+    assert rest.losses[0] == whole.losses[k]  # step k+1's batch, on step k's weights
+    restart = no_dropout(sst2.model())
+    restart.load_state_dict(whole.rewind_state)
+    again = sst2.finetune(restart, cfg)  # without start_step: warmup and the first batches all over again
+    assert again.learning_rates[:3] != whole.learning_rates[k:k + 3] and again.losses[0] != whole.losses[k]
 
 
 def test_capture_step_beyond_the_run_is_a_config_error(sst2):
