@@ -1,8 +1,9 @@
 """The `raytickets` command: finetune, imp, sweep, analyze, report, export.
 
 Flags are shortcuts for config fields; any field can also be set as `key.sub=value` (e.g.
-`train.learning_rate=3e-5 prune.scope=per_tensor`). Bad input is reported as one line, exit code 2,
-before any model is loaded or any Ray started.
+`train.learning_rate=3e-5 prune.scope=per_tensor`). Pruning flags and their help come from the method and
+baseline registries. Bad input is reported as one line, exit code 2, before any model is loaded or any Ray
+started.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 
 from .errors import RayticketsError
@@ -19,6 +21,8 @@ from .errors import RayticketsError
 _TICKET_FLAGS = [
     ("--task", "task", str, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli", False),
     ("--model", "model", str, "minilm (packaged, default), bert-base, bert-large, a directory or a hub id", False),
+    ("--metrics", "metrics", str, "glue (GLUE main metrics, default) or paper (Chen et al.'s: MRPC/QQP accuracy, "
+                                  "MNLI matched)", False),
     ("--glue-dir", "data.glue_dir", str, "directory in the original GLUE TSV layout (default: Hugging Face hub)", False),
     ("--max-train-examples", "data.max_train_examples", int, "seeded subsample of the training split", False),
     ("--max-dev-examples", "data.max_dev_examples", int, "seeded subsample of the dev split", False),
@@ -28,17 +32,36 @@ _TICKET_FLAGS = [
     ("--learning-rate", "train.learning_rate", float, None, False),
     ("--batch-size", "train.batch_size", int, None, False),
     ("--seed", "train.seed", int, None, False),
-    ("--method", "prune.method", str, "magnitude (Chen et al. 2020) or structured (Liang et al. 2021)", True),
-    ("--schedule", "prune.schedule", str, "remaining: prune rate of what is left; original: of the original count", True),
-    ("--scope", "prune.scope", str, "global (default) or per_tensor magnitude ranking", True),
-    ("--rate", "prune.rate", float, "fraction pruned per round, in (0, 1)", True),
     ("--rounds", "prune.rounds", int, None, True),
-    ("--target-sparsity", "prune.target_sparsity", float, "stop at this sparsity (last round prunes exactly to it)", True),
-    ("--rewind-step", "prune.rewind_step", int, "0: pre-trained weights; k: full model after k steps", True),
-    ("--baselines", "prune.baselines", str, "comma list of random, reinit, shuffled, oneshot, standard", True),
-    ("--head-fraction", "prune.head_fraction", float, "structured: fraction of attention heads to prune", True),
-    ("--ffn-fraction", "prune.ffn_fraction", float, "structured: fraction of feed-forward units to prune", True),
+    ("--rewind-step", "prune.rewind_step", int, "0: pre-trained weights; k: every weight after k steps", True),
+    ("--min-gain", "prune.min_gain", float, "end the trajectory once a ticket falls this far below the full model",
+     True),
+    ("--keep-weights", "keep_weights", str, "which rounds' weights the results root keeps: best (and last), "
+                                            "last, all, none", True),
 ]
+
+
+def _registry_flags() -> list[tuple[str, str, type, str, bool]]:
+    """`--method`, `--baselines` and one flag per setting of every registered pruning method."""
+    from .baselines import BASELINES
+    from .pruning import METHODS, hparams_fields, owners
+
+    flags = [
+        ("--method", "prune.method", str, "; ".join(f"{m}: {c.summary}" for m, c in METHODS.items()), True),
+        ("--baselines", "prune.baselines", str, "comma list of " + "; ".join(f"{b}: {v.summary}"
+                                                                           for b, v in BASELINES.items()), True),
+    ]
+    for name, tp, _ in hparams_fields():
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        simple = tp if tp in (int, float) else args[0] if len(args) == 1 and args[0] in (int, float) else str
+        flags.append((f"--{name.replace('_', '-')}", f"prune.{name}", simple, f"({', '.join(owners(name))}) "
+                      f"prune.{name}" + (f": {', '.join(map(str, typing.get_args(tp)))}"
+                                         if typing.get_origin(tp) is typing.Literal else ""), True))
+    return flags
+
+
+def _flags() -> list[tuple[str, str, type, str, bool]]:
+    return _TICKET_FLAGS + _registry_flags()
 
 
 def _dest(flag: str) -> str:
@@ -47,7 +70,7 @@ def _dest(flag: str) -> str:
 
 def _add_ticket_flags(p: argparse.ArgumentParser, pruning: bool) -> None:
     p.add_argument("--config", help="YAML file with a ticket config (flags and overrides win over it)")
-    for flag, _, type_, help_, pruning_only in _TICKET_FLAGS:
+    for flag, _, type_, help_, pruning_only in _flags():
         if pruning or not pruning_only:
             aliases = ("--lr",) if flag == "--learning-rate" else ()
             p.add_argument(flag, *aliases, type=type_, help=help_)
@@ -56,14 +79,12 @@ def _add_ticket_flags(p: argparse.ArgumentParser, pruning: bool) -> None:
 
 
 def _ticket_config(args, imp: bool = True):
-    from .config import TicketConfig, apply_overrides, build, read_yaml
+    from .config import TicketConfig, load, read_yaml
 
     data = read_yaml(args.config) if args.config else {}
-    flags = [f"{path}={_yaml_value(getattr(args, _dest(flag)))}" for flag, path, *_ in _TICKET_FLAGS
+    flags = [f"{path}={_yaml_value(getattr(args, _dest(flag)))}" for flag, path, *_ in _flags()
              if getattr(args, _dest(flag), None) is not None]
-    cfg = build(TicketConfig, apply_overrides(data, flags + list(args.overrides)))
-    cfg.validate(imp=imp)  # finetune prunes nothing: it needs no rounds or target sparsity
-    return cfg
+    return load(TicketConfig, base=data, overrides=flags + list(args.overrides), imp=imp)
 
 
 def _yaml_value(v) -> str:
@@ -71,9 +92,9 @@ def _yaml_value(v) -> str:
 
 
 def cmd_finetune(args) -> int:
-    from .config import to_dict
+    from .config import resolve, to_dict
 
-    cfg = _ticket_config(args, imp=False)
+    cfg = resolve(_ticket_config(args, imp=False))
     if args.random_mask is not None and not 0 <= args.random_mask < 1:
         raise RayticketsError(f"--random-mask: {args.random_mask} must be in [0, 1)")
     if args.mask and not Path(args.mask).is_file():
@@ -84,8 +105,8 @@ def cmd_finetune(args) -> int:
 
     from .masks import Mask
     from .pruning import random_prune
-    from .tickets import contiguous, prunable_of, prepare
-    from .train import finetune
+    from .tickets import prepare, prunable_of
+    from .train import finetune, state_copy
 
     prep = prepare(cfg)
     params = prunable_of(cfg, prep.model)
@@ -103,7 +124,7 @@ def cmd_finetune(args) -> int:
         "task": cfg.task,
         "model": cfg.model,
         "metrics": res.metrics,
-        "main_metric": prep.task.main_metric,
+        "main_metric": prep.task.main_metric_for(cfg.metrics),
         "sparsity": mask.sparsity() if mask is not None else 0.0,
         "steps": res.steps,
         "seconds": round(res.seconds, 2),
@@ -111,41 +132,47 @@ def cmd_finetune(args) -> int:
     }
     if mask is not None:
         mask.save(out / "mask.safetensors")
-    save_file(contiguous(prep.model.state_dict()), str(out / "model.safetensors"))
+    save_file(state_copy(prep.model), str(out / "model.safetensors"))
     _write_json(out / "metrics.json", result)
     print(json.dumps({k: result[k] for k in ("task", "metrics", "sparsity", "steps", "seconds")}, indent=2))
     return 0
 
 
 def cmd_imp(args) -> int:
+    """One trajectory on this machine; `--out` becomes a results root (`raytickets analyze OUT` reads it)."""
     cfg = _ticket_config(args)
-    from .tickets import Trajectory
+    from .results import Recorder
+    from .store import ResultsStore
+    from .tickets import Trajectory, round_lines
 
-    traj = Trajectory(cfg, args.out)
+    out = Path(args.out)
+    traj = Trajectory(cfg, out / "work")
     print(f"run {traj.id}: {traj.dir}", flush=True)
+    recorder = Recorder(ResultsStore(out), cfg.keep_weights, sweep="imp")
 
-    def show(r, rows, resumed):
-        for row in rows:
-            tag = " (saved)" if resumed else ""
-            print(f"  round {r} {row['kind']:8s} sparsity {row['sparsity']:.4f} {row['metric_name']} {row['metric']:.4f}{tag}", flush=True)
+    def show(state) -> None:
+        recorder(state)
+        for line in round_lines(state):
+            print(f"  {line}", flush=True)
 
     rows = traj.run(on_round=show)
+    recorder.finish(traj)
     print(imp_table(rows))
+    print(f"results: {out} (raytickets analyze {out})")
     return 0
 
 
-def imp_table(rows: list[dict]) -> str:
+def imp_table(rows) -> str:
     """Round, sparsity, ticket metric, baseline metrics and the full model's metric, one line a round."""
-    kinds = [k for k in dict.fromkeys(r["kind"] for r in rows) if k not in ("full", "ticket")]
-    full = next(r["metric"] for r in rows if r["kind"] == "full")
-    name = rows[0]["metric_name"]
+    kinds = [k for k in dict.fromkeys(r.kind for r in rows) if k not in ("full", "ticket")]
+    full = next(r.metric for r in rows if r.kind == "full")
     head = f"{'round':>5} {'sparsity':>8} {'ticket':>8} " + " ".join(f"{k:>8}" for k in kinds) + f" {'full':>8}"
-    lines = [f"metric: {name}", head]
-    for r in sorted({r["round"] for r in rows}):
-        at = {row["kind"]: row for row in rows if row["round"] == r}
+    lines = [f"metric: {rows[0].metric_name}", head]
+    for r in sorted({r.round for r in rows}):
+        at = {row.kind: row for row in rows if row.round == r}
         ticket = at.get("ticket") or at.get("full")
-        cells = " ".join(f"{at[k]['metric']:8.4f}" if k in at else f"{'':>8}" for k in kinds)
-        lines.append(f"{r:5d} {ticket['sparsity']:8.4f} {ticket['metric']:8.4f} {cells} {full:8.4f}")
+        cells = " ".join(f"{at[k].metric:8.4f}" if k in at else f"{'':>8}" for k in kinds)
+        lines.append(f"{r:5d} {ticket.sparsity:8.4f} {ticket.metric:8.4f} {cells} {full:8.4f}")
     return "\n".join(lines)
 
 
@@ -198,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--random-mask", type=float, metavar="SPARSITY", help="fine-tune under a seeded random mask")
     f.set_defaults(func=cmd_finetune)
 
-    i = sub.add_parser("imp", help="run one ticket trajectory (IMP or structured) with baselines")
+    i = sub.add_parser("imp", help="run one ticket trajectory (any registered method) with baselines")
     _add_ticket_flags(i, pruning=True)
     i.set_defaults(func=cmd_imp)
 
