@@ -3,7 +3,8 @@
 The same loop runs in one process (`raytickets finetune`, tests) and inside Ray Train workers: when a
 torch.distributed process group exists (Ray Train's TorchTrainer sets one up, gloo on CPU, nccl on
 GPU) the model is wrapped in DDP, each rank trains on its part of every global batch and evaluation is
-gathered across ranks. Pruned weights are kept exactly zero by re-applying the mask after every optimiser step —
+gathered across ranks. Pruned weights get no gradient (zeroed before clipping, so the clipping norm counts
+only the weights that exist) and stay exactly zero (the mask is re-applied after every optimiser step) —
 no per-forward hooks, so a masked step costs what a dense one does (benchmarks/mask_overhead.py).
 """
 
@@ -36,6 +37,7 @@ class FinetuneResult:
     rewind_state: dict[str, torch.Tensor] | None = None  # the whole model's weights after `capture_step` steps
     losses: list[float] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)  # of each step taken
+    grad_norms: list[float] = field(default_factory=list)  # the gradient norm each step clipped (pruned excluded)
     chance: dict[str, float] = field(default_factory=dict)  # the metrics of a constant (majority) predictor
 
     @property
@@ -123,8 +125,10 @@ def finetune(
     device = device_of(model)
     torch.manual_seed(cfg.seed)
     rewind = state_copy(model) if capture_step == 0 else None
+    grad_masks = _grad_masks(mask, params)
     losses: list[float] = []
     rates: list[float] = []
+    norms: list[float] = []
     started = time.perf_counter()
     step, epoch = 0, 0
     model.train()
@@ -137,7 +141,9 @@ def finetune(
             batch = {k: v.to(device) for k, v in collate([train_data[i] for i in indices]).items()}
             loss = net(**batch).loss
             (loss * loss_weight(len(indices), global_size)).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            for p, keep in grad_masks:  # pruned weights do not exist: no gradient, no share of the clip norm
+                p.grad.mul_(keep)
+            norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)))
             rates.append(scheduler.get_last_lr()[0])
             optimizer.step()
             scheduler.step()
@@ -159,7 +165,16 @@ def finetune(
     if bar is not None:
         bar.close()
     metrics, chance = evaluate(model, task, dev_data, collate, cfg.eval_batch_size, with_chance=True)
-    return FinetuneResult(metrics, steps - start_step, time.perf_counter() - started, rewind, losses, rates, chance)
+    return FinetuneResult(metrics, steps - start_step, time.perf_counter() - started, rewind, losses, rates, norms,
+                          chance)
+
+
+def _grad_masks(mask: Mask | None, params) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter, keep mask on its device) for every prunable tensor the mask prunes at all."""
+    if mask is None:
+        return []
+    on = mask.on(next(iter(params.values())).device)
+    return [(p, on[name]) for name, p in params.items() if not bool(on[name].all())]
 
 
 def _progress(cfg: TrainConfig, steps: int, desc: str | None):

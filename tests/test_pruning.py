@@ -288,7 +288,10 @@ def test_structured_mask_marks_rows_and_columns(tiny):
 
 
 def test_applied_structured_mask_silences_removed_units(tiny, batches):
-    params = prunable_parameters(tiny)
+    from raytickets.models import DEFAULT_INCLUDE
+    from raytickets.pruning.structured import FFN_BIAS
+
+    params = prunable_parameters(tiny, [*DEFAULT_INCLUDE, FFN_BIAS])  # what Structured.extra_prunable adds
     importance = structured_importance(tiny, batches)
     heads, neurons, ffn = select_structured(importance, 0.5, 0.25)
     assert sum(map(len, heads.values())) == 4 and sum(map(len, neurons.values())) == 32 and ffn == []
@@ -327,8 +330,8 @@ def test_applied_structured_mask_silences_removed_units(tiny, batches):
 
             dense = layers[l].output.dense
             activation, output = seen[("ffn", l)]
-            if l == whole:
-                assert torch.equal(output, dense.bias.expand_as(output))  # only the bias is left
+            if l == whole:  # not even its bias: a removed sublayer adds nothing to the residual stream
+                assert not output.any() and not dense.bias.any()
                 continue
             silenced = activation.clone()
             silenced[..., neurons.get(l, [])] = 0
@@ -403,3 +406,31 @@ def test_random_structured_fractions_rule_and_seeds(tiny):
         draw(0, 0.9, 0.0, "neuron")
     with pytest.raises(ConfigError, match="generator"):
         random_structured(config, 0.5, 0.5, "neuron")
+
+
+# -- structured: the importance formula -----------------------------------------------------------------
+
+
+def test_per_example_importance_is_the_sum_of_each_examples_absolute_gradient(tiny, batches):
+    """Liang et al.'s E_x |dL(x)/dg|: scoring each example alone (one-example batches, per batch) is what
+    per-example scoring of the whole batches gives; per-batch scores of the whole batches differ, because
+    gradients of opposite signs cancel inside a batch."""
+    singles = [{k: v[i:i + 1] for k, v in b.items()} for b in batches for i in range(len(b["labels"]))]
+    one_by_one = structured_importance(tiny, singles, normalize=False, mode="per_batch")
+    per_example = structured_importance(tiny, batches, normalize=False, mode="per_example")
+    per_batch = structured_importance(tiny, batches, normalize=False, mode="per_batch")
+    for a, b in zip((one_by_one.heads, one_by_one.neurons, one_by_one.ffn_layers),
+                    (per_example.heads, per_example.neurons, per_example.ffn_layers)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    # summing |.| per example, not per batch: never smaller, and here strictly larger somewhere
+    assert torch.all(per_example.neurons >= per_batch.neurons * len(batches[0]["labels"]) - 1e-5)
+    assert (per_example.neurons > per_batch.neurons * len(batches[0]["labels"]) + 1e-4).any()
+
+
+def test_structured_defaults_are_the_papers():
+    from raytickets.pruning.structured import StructuredHparams
+
+    hp = StructuredHparams()
+    assert hp.importance == "per_example" and hp.importance_batches is None  # E_x|dL/dg| over the whole split
+    with pytest.raises(ConfigError, match="importance: 'mean'; allowed: per_example, per_batch"):
+        structured_importance(None, [], mode="mean")

@@ -23,6 +23,7 @@ from raytickets.masks import Mask
 from raytickets.models import load_model, prunable_parameters, tiny_bert
 from raytickets.pruning import magnitude_prune, select_structured, structured_importance, structured_mask
 from raytickets.runs import full_id, run_id
+from raytickets.store import ResultsStore
 from raytickets.tickets import Trajectory, _plain, prepare, prunable_of
 from raytickets.train import finetune, state_copy
 
@@ -54,7 +55,7 @@ def make_cfg(tiny_model_dir, glue_dir, cache_dir):
             fields = {"prune__importance_batches": 2, "prune__rate": PruneConfig().rate, **fields}
         for key, value in fields.items():
             section, _, name = key.partition("__")
-            setattr(getattr(cfg, section), name, value)
+            setattr(getattr(cfg, section), name, value) if name else setattr(cfg, section, value)
         cfg.validate()
         return cfg
 
@@ -639,3 +640,94 @@ def test_prunable_set_applies_exclude_to_an_explicit_include_too(make_cfg):
     assert sorted(both) == sorted(n for n in prunable_of(make_cfg(prune__include=attention), prep.model)
                                   if not n.endswith("output.dense.weight"))
     assert len(both) == LAYERS * 3  # query, key and value of every layer
+
+
+# -- the science, as the papers define it ----------------------------------------------------------------
+
+
+def test_structured_baselines_follow_the_method_and_standard_pruning_is_its_own_chain(make_cfg, tmp_path):
+    cfg = make_cfg(prune__method="structured", prune__head_fraction=0.5, prune__ffn_fraction=0.5, prune__rounds=2,
+                   prune__baselines=["oneshot", "standard"])
+    traj = Trajectory(cfg, tmp_path)
+    rows, masks = run_with_masks(traj)
+    at = {(row["round"], row["kind"]): masks[row["mask_id"]] for row in rows if row["mask_id"]}
+    for r in (1, 2):  # structured one-shot pruning to the same head and neuron counts, not magnitude
+        heads, neurons = removed_units(at[r, "oneshot"])
+        assert sum(map(len, heads.values())) == 2 * r and sum(map(len, neurons.values())) == 32 * r
+        assert at[r, "oneshot"] == structured_mask(params_of(at[r, "oneshot"]), load_model(cfg.model, 2).config,
+                                                   heads, neurons)
+    assert at[1, "oneshot"] == at[1, "ticket"] == at[1, "standard"]  # round 1: all prune the full model
+    # round 2's oneshot still ranks the full model; the ticket ranks round 1's rewound-and-trained model and
+    # standard pruning its own round 1, trained on without rewinding
+    prep = prepare(traj.cfg)
+    prep.model.load_state_dict(load_file(str(traj.full_dir / "weights.safetensors")))
+    hp = traj.method.hp
+    batches = rank_batches(prep.train, prep.collate, cfg.train.batch_size, cfg.train.seed, 0, True, hp.importance_batches)
+    importance = structured_importance(prep.model, batches, hp.normalize_importance, hp.importance)
+    assert at[2, "oneshot"] == structured_mask(params_of(at[2, "oneshot"]), prep.model.config,
+                                               *select_structured(importance, 0.5, 0.5))
+    assert at[2, "standard"] != at[2, "ticket"]
+    assert (traj.round_dir(2) / "chain-standard.safetensors").is_file()  # to resume the chain
+
+
+def test_a_removed_ffn_sublayer_loses_its_bias_too(make_cfg, tmp_path):
+    cfg = make_cfg(prune__method="structured", prune__head_fraction=0.25, prune__ffn_fraction=0.5,
+                   prune__ffn_granularity="layer", prune__rounds=1)
+    traj = Trajectory(cfg, tmp_path)
+    rows, masks = run_with_masks(traj)
+    mask = masks[rows[-1]["mask_id"]]
+    biases = {n: t for n, t in mask.tensors.items() if n.endswith("output.dense.bias")}
+    assert len(biases) == LAYERS and sum(not bool(t.any()) for t in biases.values()) == 1  # one of two layers
+    weights = load_file(str(traj.round_dir(1) / "weights.safetensors"))
+    for name, keep in biases.items():
+        if not keep.any():
+            assert not weights[f"bert.{name}"].any(), name  # and it stays 0 through fine-tuning
+
+
+def test_minilm_leaves_its_pooler_dense_and_collapse_is_reported(tiny_model_dir, glue_dir, cache_dir, tmp_path,
+                                                                 capsys):
+    from raytickets.models import DEFAULT_INCLUDE, default_include
+
+    assert not any("pooler" in p for p in default_include("minilm")) and DEFAULT_INCLUDE == default_include("bert-base")
+    assert any("pooler" in p for p in DEFAULT_INCLUDE)  # Chen et al.'s set for BERT
+    # A model whose pooler is 1000x smaller than its encoder, as MiniLM's is 10x: global magnitude pruning
+    # takes the whole pooler long before half the weights are gone.
+    small = tiny_bert(tmp_path / "small-pooler")
+    from safetensors.torch import save_file
+
+    state = load_file(str(small / "model.safetensors"))
+    state["pooler.dense.weight"] = state["pooler.dense.weight"] * 1e-3
+    save_file(state, str(small / "model.safetensors"))
+    code = cli.main(cli_args("imp", small, glue_dir, cache_dir, tmp_path / "out", "--rate", "0.3", "--rounds", "1"))
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "warning: layer collapse in round 1: pooler.dense.weight is 100.0% pruned at 30.0% overall" in out
+    from raytickets.analysis import analyze
+
+    layers = analyze(tmp_path / "out")["layer_sparsity"]
+    assert layers.loc[layers["layer"] == "pooler", "collapsed"].all()
+
+
+def test_two_settings_in_one_results_root_are_two_curves(tiny_model_dir, glue_dir, cache_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    for rewind in ("0", "2"):
+        assert cli.main(cli_args("imp", tiny_model_dir, glue_dir, cache_dir, out, "--rate", "0.3", "--rounds", "2",
+                                 "--rewind-step", rewind, "--max-steps", "3")) == 0
+    capsys.readouterr()
+    assert cli.main(["analyze", str(out)]) == 0
+    from raytickets.analysis import load_analysis
+
+    supers = load_analysis(out)["super_tickets"]
+    assert supers["setting_id"].nunique() == 2 and len(supers) == 4  # two curves of two levels each
+    rounds = ResultsStore(out).rounds()
+    assert rounds.groupby("setting_id")["rewind_step"].nunique().eq(1).all()
+    assert sorted(rounds.groupby("setting_id")["rewind_step"].first()) == [0, 2]
+    assert rounds[rounds["kind"] == "ticket"].groupby("setting_id")["training_steps"].first().sort_values().tolist() == [1, 3]
+
+
+def test_the_paper_convention_scores_mrpc_by_accuracy_and_keeps_every_metric(make_cfg, tmp_path):
+    glue_rows = run_rows(Trajectory(make_cfg(task="mrpc", prune__rounds=1), tmp_path))
+    paper_rows = run_rows(Trajectory(make_cfg(task="mrpc", prune__rounds=1, metrics="paper"), tmp_path))
+    assert {r["metric_name"] for r in glue_rows} == {"f1"} and {r["metric_name"] for r in paper_rows} == {"accuracy"}
+    for row in paper_rows:
+        assert row["metric"] == row["accuracy"] and row["f1"] is not None and row["metric_convention"] == "paper"

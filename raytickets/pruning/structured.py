@@ -33,8 +33,8 @@ class StructuredHparams:
     ffn_fraction: float = 0.0  # of all FFN neurons (or whole sublayers), reached at the last round
     ffn_granularity: Literal["neuron", "layer"] = "neuron"
     normalize_importance: bool = True  # per-layer L2 normalisation of the scores (Michel et al.)
-    importance: Literal["per_example", "per_batch"] = "per_batch"
-    importance_batches: int | None = 32  # training batches scored per round; null = the whole split
+    importance: Literal["per_example", "per_batch"] = "per_example"
+    importance_batches: int | None = None  # training batches scored per round; null = the whole split
     losing: bool = False  # prune the most important units instead (a losing ticket)
 
     def validate(self, path: str) -> None:
@@ -174,7 +174,7 @@ def per_example_loss(model: torch.nn.Module, logits: torch.Tensor, labels: torch
 
 
 def structured_importance(
-    model: torch.nn.Module, batches: Iterable[dict], normalize: bool = True, mode: str = "per_batch",
+    model: torch.nn.Module, batches: Iterable[dict], normalize: bool = True, mode: str = "per_example",
     reduce=None,
 ) -> StructuredImportance:
     """Summed over batches: |dL(x)/dg| per example (`per_example`) or |dL(batch)/dg| (`per_batch`), for every
