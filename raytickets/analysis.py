@@ -1,19 +1,43 @@
 """From stored rounds to findings: matching and super tickets, cross-task mask overlap, ticket transfer.
 
 `analyze(results_dir)` reads the `rounds` table (and masks where needed) and writes five Parquet tables
-into `<results_dir>/analysis/` (see docs/SCHEMA.md). Every decision is a written rule applied in code,
-never picked from a plot:
+into `<results_dir>/analysis/` (their columns: README, "Analysis tables"). Every decision is a written
+rule applied in code, never picked from a plot:
 
+* a curve is one (model, method, task, setting_id). `setting_id` (see `runs.setting`) hashes every
+  setting of a trajectory that can change its results — model, metric convention, data (subsample sizes
+  and seed, sequence length), training (learning rate, epochs or steps, batch size, warmup, weight decay,
+  clipping, optimiser), and pruning: method, rewind step, include/exclude, baselines and the method's own
+  settings (scope, schedule, losing, structured importance and granularity, ...) — except the task, the
+  training seed, where the trajectory stops (`min_gain`, `rounds` for a method whose rounds lie on one
+  schedule, magnitude's `target_sparsity`) and values that only move its levels along the sparsity axis
+  (magnitude's `rate`, structured `head_fraction`/`ffn_fraction`): trajectories differing only in those
+  lie on one curve. Trajectories with a different rewind step, scope or learning rate are separate curves.
+  Rows of older files without a setting_id form one curve per task (setting_id "");
 * sparsity levels are round sparsities rounded to 4 decimals; a value per seed is the mean over that
   seed's rows at the level (normally exactly one row);
-* the full model is the `kind == "full"` rows, or, where a task has none, the `full_metric` column of its
+* a collapsed run (`failed`, or a NaN metric in older files) is scored at its chance value
+  (`chance_metric`; where that is null, 0 for pearson, spearman and matthews) and counted in
+  `failed_seeds`: a failed seed never vanishes from a mean;
+* the full model is the `kind == "full"` rows, or, where a curve has none, the `full_metric` column of its
   other rows (one value per seed); mean and sample std (ddof=1) over seeds; a single seed has std 0;
 * matching sparsity, paper rule (Chen et al. 2020): the highest sparsity > 0 whose ticket mean is within
   one std of the full model, `mean >= full_mean - full_std`; strict rule: `mean >= full_mean`;
-* super ticket (Liang et al. 2021): the sparsity > 0 with the best ticket mean; its gain is
-  `mean - full_mean`, tested over seeds with Welch's t-test, one-sided ("ticket > full");
+* super ticket (Liang et al. 2021): the sparsity > 0 with the best ticket mean, ties going to the sparser
+  level (the rule `rows.ticket_row` uses for a trajectory's best round); its gain is `mean - full_mean`.
+  Since it is the best of `levels_tested` levels, its significance is `p_selection`: a paired one-sided
+  t-test over seeds (a ticket and the full model of one seed share head initialisation and data order)
+  at every level, Holm-adjusted over the levels tested, taken at the chosen level. With >= 4 paired seeds,
+  `p_holdout` re-chooses the level on the first half of the seeds (in seed order) and tests it on the
+  other half. `p_welch` (unpaired, unadjusted, the best level tested on the seeds that chose it) is kept
+  for comparison only: with no effect, in simulated sweeps of 10 levels x 3 seeds, it is below 0.05 in
+  about 15% of them, `p_selection` in about 2% (tests/test_stats.py);
 * phase transition: the curve rises above the full-model mean at some sparsity > 0 and falls below it
-  at a higher sparsity.
+  at a higher sparsity;
+* `trajectories` at a level: the distinct trials with a row there (fewer at high sparsity: a curve made of
+  the survivors of early stopping);
+* layer collapse: the chosen ticket holds a tensor `Mask.collapsed()` lists (more than 95% of it pruned
+  while the mask as a whole prunes less than 60%).
 """
 
 from __future__ import annotations
@@ -21,38 +45,25 @@ from __future__ import annotations
 import functools
 import math
 import os
-import warnings
-from itertools import combinations
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import Mapping
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from scipy import stats
 
-from .errors import ResultsError
-from .models import layer_of, tensor_kind
-from .store import (
-    META_VERSION,
-    SCHEMA_VERSION,
-    ResultsStore,
-    first_line,
-    open_filesystem,
-    tag_table,
-    write_parquet_atomic,
+from .curves import (  # noqa: F401  (re-exported: the analysis' public names)
+    BASELINE_KINDS, CURVE_KEY, CURVE_KINDS, SPARSITY_DECIMALS, curves, full_model, level_trials, of_curve,
+    phase_transition, scored, seed_values, setting_labels, super_tickets, transfer,
 )
+from .errors import ResultsError
+from .overlap import aggregate_counts, layer_sparsity, overlap, tensor_counts, ticket_masks, unit_counts  # noqa: F401
+from .stats import welch_greater  # noqa: F401
+from .store import META_VERSION, SCHEMA_VERSION, ResultsStore, first_line, open_filesystem, tag_table, write_parquet_atomic
 
-if TYPE_CHECKING:  # masks import torch; analysis loads it only when masks are read
-    from .masks import Mask
-
-SPARSITY_DECIMALS = 4
-BASELINE_KINDS = ("random", "reinit", "shuffled", "oneshot", "standard")
-CURVE_KINDS = ("ticket", *BASELINE_KINDS)
-TASK_KEY = ["model", "method", "task"]
 
 _S, _F, _I, _B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
+_CURVE = (("model", _S), ("method", _S), ("task", _S), ("setting_id", _S), ("setting_label", _S))
 
 
 def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
@@ -61,32 +72,36 @@ def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
 
 ANALYSIS_SCHEMAS: dict[str, pa.Schema] = {
     "curves": _schema(
-        ("model", _S), ("method", _S), ("task", _S), ("kind", _S), ("metric_name", _S),
+        *_CURVE, ("kind", _S), ("metric_name", _S), ("metric_convention", _S),
         ("sparsity", _F), ("mean", _F), ("std", _F), ("seeds", _I),
+        ("failed_seeds", _I), ("trajectories", _I),
     ),
     "super_tickets": _schema(
-        ("model", _S), ("method", _S), ("task", _S), ("metric_name", _S),
-        ("sparsity", _F), ("mean", _F), ("std", _F), ("seeds", _I),
+        *_CURVE, ("metric_name", _S), ("metric_convention", _S),
+        ("sparsity", _F), ("mean", _F), ("std", _F), ("seeds", _I), ("failed_seeds", _I), ("trajectories", _I),
         ("matches_paper", _B), ("matches_strict", _B), ("is_super", _B),
-        ("full_mean", _F), ("full_std", _F), ("full_seeds", _I), ("full_source", _S),
+        ("full_mean", _F), ("full_std", _F), ("full_seeds", _I), ("full_failed_seeds", _I), ("full_source", _S),
         ("matching_sparsity_paper", _F), ("matching_sparsity_strict", _F),
-        ("super_sparsity", _F), ("super_mean", _F), ("super_std", _F), ("super_seeds", _I),
-        ("gain", _F), ("t_statistic", _F), ("p_value", _F), ("phase_transition", _B),
+        ("super_sparsity", _F), ("super_mean", _F), ("super_std", _F), ("super_seeds", _I), ("gain", _F),
+        ("levels_tested", _I), ("t_paired", _F), ("p_paired", _F), ("p_selection", _F),
+        ("holdout_sparsity", _F), ("holdout_seeds", _I), ("p_holdout", _F),
+        ("t_statistic", _F), ("p_welch", _F), ("phase_transition", _B),
     ),
     "overlap": _schema(
-        ("model", _S), ("method", _S), ("task_a", _S), ("task_b", _S), ("seed_a", _I), ("seed_b", _I),
-        ("mask_id_a", _S), ("mask_id_b", _S), ("sparsity_a", _F), ("sparsity_b", _F),
+        ("model", _S), ("method", _S), ("task_a", _S), ("task_b", _S), ("setting_id_a", _S), ("setting_id_b", _S),
+        ("seed_a", _I), ("seed_b", _I), ("mask_id_a", _S), ("mask_id_b", _S), ("sparsity_a", _F), ("sparsity_b", _F),
         ("scope", _S), ("group", _S), ("total", _I), ("kept_a", _I), ("kept_b", _I),
         ("intersection", _I), ("union", _I), ("jaccard", _F), ("random_jaccard", _F), ("ratio", _F),
     ),
     "transfer": _schema(
-        ("model", _S), ("method", _S), ("source_task", _S), ("task", _S), ("metric_name", _S),
+        ("model", _S), ("method", _S), ("setting_id", _S), ("source_task", _S), ("task", _S), ("metric_name", _S),
         ("sparsity", _F), ("mean", _F), ("std", _F), ("seeds", _I),
         ("ticket_sparsity", _F), ("ticket_mean", _F), ("full_mean", _F), ("vs_ticket", _F), ("vs_full", _F),
     ),
     "layer_sparsity": _schema(
-        ("model", _S), ("method", _S), ("task", _S), ("ticket", _S), ("seed", _I), ("mask_id", _S),
-        ("sparsity", _F), ("layer", _S), ("layer_sparsity", _F),
+        ("model", _S), ("method", _S), ("task", _S), ("setting_id", _S), ("ticket", _S), ("seed", _I),
+        ("mask_id", _S), ("sparsity", _F), ("layer", _S), ("layer_sparsity", _F), ("collapsed", _B),
+        ("collapsed_tensors", _S),
     ),
 }
 ANALYSIS_TABLES = tuple(ANALYSIS_SCHEMAS)
@@ -105,27 +120,50 @@ def analyze(
     tickets; by default it is read from each model's config.
     """
     store = ResultsStore(results_dir)
-    rounds = store.rounds()
-    values = seed_values(rounds)
-    full = full_model(rounds)
-    tables = {"curves": conform("curves", curves(values))}
-    tables["super_tickets"] = conform("super_tickets", super_tickets(values, full))
+    rounds = scored(store.rounds())
+    tables = findings(rounds)
     # Each chosen mask is looked up once and read from the store at most once, for both tables below.
     matching = ticket_masks(store, rounds, tables["super_tickets"], "matching")
     load = functools.cache(store.load_mask)
     tables["overlap"] = conform("overlap", overlap(store, matching, load, num_heads))
-    tables["transfer"] = conform("transfer", transfer(values, tables["curves"], full))
     supers = ticket_masks(store, rounds, tables["super_tickets"], "super")
     tables["layer_sparsity"] = conform("layer_sparsity", layer_sparsity(matching, supers, load))
     # Everything is computed before anything is written: bad input leaves the old analysis in place.
     fs, out = out_location(store, out_dir)
-    for name, frame in tables.items():
-        write_parquet_atomic(_to_arrow(name, frame), fs, f"{out}/{name}.parquet")
+    for name in ANALYSIS_TABLES:
+        write_parquet_atomic(_to_arrow(name, tables[name]), fs, f"{out}/{name}.parquet")
+    return {name: tables[name] for name in ANALYSIS_TABLES}
+
+
+def findings(rounds: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The tables that need no masks (curves, super_tickets, transfer) from `scored` rounds."""
+    values, trials = seed_values(rounds), level_trials(rounds)
+    full = full_model(rounds)
+    tables = {"curves": conform("curves", curves(values, trials, setting_labels(rounds)))}
+    tables["super_tickets"] = conform("super_tickets", super_tickets(values, tables["curves"], full))
+    tables["transfer"] = conform("transfer", transfer(values, tables["curves"], full))
     return tables
 
 
+def best_tickets(results_dir: str | os.PathLike) -> list[dict]:
+    """The super ticket of every curve, as the sweep prints it at its end: the super_tickets table's own
+    rule and tie-break (computed by the same code). [] when no round has finished yet."""
+    try:
+        rounds = ResultsStore(results_dir).rounds()
+    except ResultsError:
+        return []
+    per_curve = findings(scored(rounds))["super_tickets"].drop_duplicates(CURVE_KEY)
+    fields = {"sparsity": "super_sparsity", "mean": "super_mean", "seeds": "super_seeds"}
+    return [
+        {**{k: r[k] for k in (*CURVE_KEY, "setting_label", "metric_name")}, **{k: r[v] for k, v in fields.items()},
+         **{k: r[k] for k in ("full_mean", "gain", "p_selection")}}
+        for r in per_curve.to_dict("records")
+    ]
+
+
 def load_analysis(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, pd.DataFrame] | None:
-    """The analysis tables written by `analyze`, or None if any of them is missing."""
+    """The analysis tables written by `analyze`, or None if any of them is missing or was written with other
+    columns (an older raytickets: the caller re-analyses)."""
     store = ResultsStore(results_dir)
     fs, out = out_location(store, out_dir)
     paths = {name: f"{out}/{name}.parquet" for name in ANALYSIS_TABLES}
@@ -140,29 +178,41 @@ def load_analysis(results_dir: str | os.PathLike, out_dir: str | os.PathLike | N
         version = int((table.schema.metadata or {}).get(META_VERSION, b"0") or 0)
         if version > SCHEMA_VERSION:
             raise ResultsError(f"{path}: schema version {version} is newer than this raytickets reads ({SCHEMA_VERSION})")
+        if table.column_names != ANALYSIS_SCHEMAS[name].names:
+            return None
         tables[name] = table.to_pandas()
     return tables
 
 
 SUMMARY_HEADER = (
-    "model", "method", "task", "metric", "full model (mean ± std)", "matching sparsity (paper / strict)",
-    "super ticket sparsity", "gain", "p (Welch, one-sided)", "seeds", "phase transition",
+    "model", "method", "task", "setting", "metric", "full model (mean ± std)", "matching sparsity (paper / strict)",
+    "super ticket sparsity", "gain", "p_selection (paired, Holm over K levels)", "p_holdout (held-out seeds)",
+    "p_welch (unpaired, unadjusted)", "seeds", "failed seeds (ticket / full)", "trajectories", "phase transition",
+    "layer collapse",
 )
 
 
 def summary_rows(tables: Mapping[str, pd.DataFrame]) -> list[list[str]]:
-    """One row of SUMMARY_HEADER cells per (model, method, task): full model, matching and super tickets."""
-    per_task = tables["super_tickets"].drop_duplicates(TASK_KEY)
-    rows = [
-        [
-            r.model, r.method, r.task, r.metric_name,
+    """One row of SUMMARY_HEADER cells per curve (model, method, task, setting): full model, matching and
+    super tickets, the super ticket's tests, failed seeds, trajectories and layer collapse."""
+    supers = tables["super_tickets"]
+    rows = []
+    for key, levels in supers.groupby(CURVE_KEY, sort=True):
+        r, best = levels.iloc[0], levels[levels["is_super"]]
+        at = best.iloc[0] if len(best) else None
+        held = (f"{_num(r.p_holdout, fmt='.3g')} (n={r.holdout_seeds} @ {_pct(r.holdout_sparsity)})"
+                if r.holdout_seeds else "—")
+        rows.append([
+            r.model, r.method, r.task, _text(r.setting_label),
+            r.metric_name + (f" ({r.metric_convention})" if isinstance(r.metric_convention, str) else ""),
             f"{_num(r.full_mean)} ± {_num(r.full_std)} (n={r.full_seeds})",
             f"{_pct(r.matching_sparsity_paper)} / {_pct(r.matching_sparsity_strict)}",
-            _pct(r.super_sparsity), _num(r.gain, signed=True), _num(r.p_value, fmt=".3g"),
-            str(r.super_seeds), "yes" if r.phase_transition else "no",
-        ]
-        for r in per_task.itertuples(index=False)
-    ]
+            _pct(r.super_sparsity), _num(r.gain, signed=True), f"{_num(r.p_selection, fmt='.3g')} (K={r.levels_tested})",
+            held, _num(r.p_welch, fmt=".3g"), str(r.super_seeds),
+            f"{at.failed_seeds if at is not None else '—'} / {r.full_failed_seeds}",
+            _trajectories(levels, at), "yes" if r.phase_transition else "no",
+            collapse_text(tables["layer_sparsity"], key),
+        ])
     return rows or [["—"] * len(SUMMARY_HEADER)]
 
 
@@ -173,305 +223,22 @@ def summary_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ---------------------------------------------------------------- curves and the full model
+def collapse_text(layers: pd.DataFrame, key: tuple) -> str:
+    """The collapsed tensors of one curve's chosen ticket in words, "none", or "—" without a stored mask."""
+    mine = of_curve(layers, key)
+    if mine.empty:
+        return "—"
+    names = [n for text in mine.loc[mine["collapsed"], "collapsed_tensors"] for n in text.split(", ")]
+    first = mine.iloc[0]
+    where = f"{first['ticket']} ticket at {_pct(first['sparsity'])}, seed {first['seed']}"
+    return f"{', '.join(names)} ({where})" if names else "none"
 
 
-def seed_values(rounds: pd.DataFrame) -> pd.DataFrame:
-    """One metric value per (model, method, task, kind, source_task, sparsity level, seed)."""
-    frame = rounds.assign(
-        sparsity=rounds["sparsity"].astype(float).round(SPARSITY_DECIMALS),
-        source_task=rounds["source_task"].fillna(""),
-    )
-    keys = [*TASK_KEY, "kind", "source_task", "sparsity", "seed"]
-    return frame.groupby(keys, as_index=False, sort=True).agg(metric=("metric", "mean"), metric_name=("metric_name", "first"))
-
-
-def curves(values: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sample std and seed count per sparsity level of the ticket and of every baseline kind."""
-    frame = values[values["kind"].isin(CURVE_KINDS)]
-    keys = [*TASK_KEY, "kind", "sparsity"]
-    return frame.groupby(keys, as_index=False, sort=True).agg(
-        metric_name=("metric_name", "first"), mean=("metric", "mean"), std=("metric", "std"), seeds=("seed", "nunique"),
-    )
-
-
-def full_model(rounds: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, method, task): the full model's per-seed values, mean, std (single seed: 0) and source."""
-    out = []
-    for key, group in rounds.groupby(TASK_KEY, sort=True):
-        full_rows = group[group["kind"] == "full"]
-        if len(full_rows):
-            per_seed, source = full_rows.groupby("seed")["metric"].mean(), "full rows"
-        else:
-            per_seed, source = group.dropna(subset=["full_metric"]).groupby("seed")["full_metric"].mean(), "full_metric column"
-        values = per_seed.to_numpy(dtype=float)
-        out.append({
-            **dict(zip(TASK_KEY, key)), "full_values": values, "full_source": source if len(values) else "none",
-            "full_mean": values.mean() if len(values) else math.nan,
-            "full_std": values.std(ddof=1) if len(values) > 1 else 0.0 if len(values) else math.nan,
-            "full_seeds": len(values),
-        })
-    return pd.DataFrame(out, columns=[*TASK_KEY, "full_values", "full_source", "full_mean", "full_std", "full_seeds"])
-
-
-# ---------------------------------------------------------------- matching and super tickets
-
-
-def super_tickets(values: pd.DataFrame, full: pd.DataFrame) -> pd.DataFrame:
-    """The ticket curve of every task with matching sparsities, super ticket, its test and phase transition."""
-    tickets = values[values["kind"] == "ticket"]
-    full = full.set_index(TASK_KEY)
-    rows = []
-    for key, group in tickets.groupby(TASK_KEY, sort=True):
-        f = full.loc[key] if key in full.index else None
-        rows += _task_rows(key, group, f)
-    return pd.DataFrame(rows)
-
-
-def _task_rows(key: tuple, group: pd.DataFrame, full: pd.Series | None) -> list[dict]:
-    levels = group.groupby("sparsity").agg(mean=("metric", "mean"), std=("metric", "std"), seeds=("seed", "nunique"))
-    full_values = full["full_values"] if full is not None else np.array([])
-    full_mean = float(full["full_mean"]) if full is not None else math.nan
-    full_std = float(full["full_std"]) if full is not None else math.nan
-    # The matching rules, once: Chen et al.'s (within one std of the full model) and the strict one.
-    pruned_level = levels.index > 0
-    levels["matches_paper"] = pruned_level & (levels["mean"] >= full_mean - full_std)
-    levels["matches_strict"] = pruned_level & (levels["mean"] >= full_mean)
-    pruned = levels[pruned_level]
-    best = pruned.loc[pruned["mean"].idxmax()] if len(pruned) else None
-    super_sparsity = float(best.name) if best is not None else math.nan
-    t_stat, p_value = math.nan, math.nan
-    if best is not None:
-        ticket_values = group.loc[group["sparsity"] == super_sparsity, "metric"].to_numpy(dtype=float)
-        t_stat, p_value = welch_greater(ticket_values, full_values)
-    task = {
-        **dict(zip(TASK_KEY, key)), "metric_name": group["metric_name"].iloc[0],
-        "full_mean": full_mean, "full_std": full_std, "full_seeds": len(full_values),
-        "full_source": full["full_source"] if full is not None else "none",
-        # an empty index's max() is nan: no level matches
-        "matching_sparsity_paper": float(levels.index[levels["matches_paper"]].max()),
-        "matching_sparsity_strict": float(levels.index[levels["matches_strict"]].max()),
-        "super_sparsity": super_sparsity,
-        "super_mean": float(best["mean"]) if best is not None else math.nan,
-        "super_std": float(best["std"]) if best is not None else math.nan,
-        "super_seeds": int(best["seeds"]) if best is not None else 0,
-        "gain": float(best["mean"]) - full_mean if best is not None else math.nan,
-        "t_statistic": t_stat, "p_value": p_value,
-        "phase_transition": phase_transition(pruned.index.to_numpy(), pruned["mean"].to_numpy(), full_mean),
-    }
-    return [
-        {
-            **task, "sparsity": float(s), "mean": float(lv["mean"]), "std": float(lv["std"]), "seeds": int(lv["seeds"]),
-            "matches_paper": bool(lv["matches_paper"]), "matches_strict": bool(lv["matches_strict"]),
-            "is_super": bool(s == super_sparsity),
-        }
-        for s, lv in levels.iterrows()
-    ]
-
-
-def welch_greater(ticket: np.ndarray, full: np.ndarray) -> tuple[float, float]:
-    """Welch's t-test that the ticket's seeds score higher than the full model's: (t, one-sided p).
-
-    NaN where either side has fewer than two seeds (no variance estimate, no test).
-    """
-    if len(ticket) < 2 or len(full) < 2:
-        return math.nan, math.nan
-    with warnings.catch_warnings():  # identical values on both sides: scipy warns and returns NaN, which we keep
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = stats.ttest_ind(ticket, full, equal_var=False, alternative="greater")
-    return float(result.statistic), float(result.pvalue)
-
-
-def phase_transition(sparsities: np.ndarray, means: np.ndarray, full_mean: float) -> bool:
-    """True if the curve (sparsity > 0, ascending) exceeds `full_mean` somewhere and is below it at a higher sparsity."""
-    order = np.argsort(sparsities)
-    means = np.asarray(means, dtype=float)[order]
-    above = np.flatnonzero(means > full_mean)
-    return bool(len(above) and (means[above[0] + 1:] < full_mean).any())
-
-
-# ---------------------------------------------------------------- overlap of matching tickets
-
-
-def overlap(
-    store: ResultsStore, chosen: pd.DataFrame, load: Callable[[str], Mask],
-    num_heads: int | Mapping[str, int] | None = None,
-) -> pd.DataFrame:
-    """Jaccard overlap of the matching tickets (paper rule) of every pair of tasks of one model and method.
-
-    Masks are paired seed by seed where both tasks have the seed, otherwise the first seed of each.
-    Counts are given overall, per layer and per tensor kind, each with the Jaccard expected of two independent
-    random masks of the same sparsities in that group; structured tickets add shared heads and FFN neurons.
-    """
-    rows = []
-    for (model, method), group in chosen.groupby(["model", "method"], sort=True):
-        by_task = {task: g.set_index("seed") for task, g in group.groupby("task", sort=True)}
-        # Read the model's config once per group, and only when there is a pair to count heads for.
-        heads = _heads(model, num_heads) if method == "structured" and len(by_task) > 1 else None
-        for task_a, task_b in combinations(sorted(by_task), 2):
-            a, b = by_task[task_a], by_task[task_b]
-            common = sorted(set(a.index) & set(b.index))
-            pairs = [(s, s) for s in common] or [(min(a.index), min(b.index))]
-            for seed_a, seed_b in pairs:
-                ra, rb = a.loc[seed_a], b.loc[seed_b]
-                mask_a, mask_b = load(ra["mask_id"]), load(rb["mask_id"])
-                _check_layout(store, mask_a, mask_b, ra["mask_id"], rb["mask_id"])
-                ident = {
-                    "model": model, "method": method, "task_a": task_a, "task_b": task_b, "seed_a": seed_a,
-                    "seed_b": seed_b, "mask_id_a": ra["mask_id"], "mask_id_b": rb["mask_id"],
-                    "sparsity_a": ra["sparsity"], "sparsity_b": rb["sparsity"],
-                }
-                counts = tensor_counts(mask_a, mask_b)
-                if method == "structured":
-                    counts = pd.concat([counts, unit_counts(mask_a, mask_b, heads)])
-                rows += [{**ident, **r} for r in aggregate_counts(counts)]
-    return pd.DataFrame(rows)
-
-
-def ticket_masks(store: ResultsStore, rounds: pd.DataFrame, supers: pd.DataFrame, which: str) -> pd.DataFrame:
-    """Per (model, method, task, seed) the mask id of the ticket at the matching ("matching", paper rule)
-    or super ("super") sparsity; tasks without such a ticket or without stored masks are left out
-    (with a warning for masks that rows name but the store lacks)."""
-    column = {"matching": "matching_sparsity_paper", "super": "super_sparsity"}[which]
-    levels = supers.drop_duplicates(TASK_KEY)[[*TASK_KEY, column]].dropna().rename(columns={column: "level"})
-    tickets = rounds[(rounds["kind"] == "ticket") & rounds["mask_id"].notna()]
-    tickets = tickets.assign(level_here=tickets["sparsity"].astype(float).round(SPARSITY_DECIMALS))
-    merged = tickets.merge(levels, on=TASK_KEY)
-    merged = merged[np.isclose(merged["level_here"], merged["level"])]
-    merged = merged.sort_values([*TASK_KEY, "seed", "finished_at"], na_position="first")
-    merged = merged.drop_duplicates([*TASK_KEY, "seed"], keep="last")
-    stored = merged["mask_id"].map(store.has_mask).astype(bool)
-    if not stored.all():
-        warnings.warn(f"{(~stored).sum()} {which} ticket mask(s) named in the rounds table are not stored in "
-                      f"{store.display(store.path('masks'))} (e.g. {merged.loc[~stored, 'mask_id'].iloc[0]}); "
-                      "overlap and layer sparsity leave them out", stacklevel=2)
-        merged = merged[stored]
-    return merged[[*TASK_KEY, "seed", "mask_id"]].assign(sparsity=merged["level"]).reset_index(drop=True)
-
-
-def tensor_counts(mask_a, mask_b) -> pd.DataFrame:
-    """Per tensor: its layer and kind, size, kept weights in each mask, intersection and union."""
-    rows = []
-    for name, a in mask_a.tensors.items():
-        b = mask_b.tensors[name]
-        rows.append({
-            "layer": layer_of(name), "kind": tensor_kind(name), "unit": "weight", "total": a.numel(),
-            "kept_a": int(a.sum()), "kept_b": int(b.sum()),
-            "intersection": int((a & b).sum()), "union": int((a | b).sum()),
-        })
-    return pd.DataFrame(rows)
-
-
-def unit_counts(mask_a, mask_b, heads: int | None) -> pd.DataFrame:
-    """Per layer: attention heads (all Q rows of the head kept) and FFN neurons (whole intermediate row kept).
-
-    Heads are left out, with a warning, when the model's head count is unknown.
-    """
-    rows = []
-    for name, a in mask_a.tensors.items():
-        b = mask_b.tensors[name]
-        kind = tensor_kind(name)
-        if kind == "query" and heads:
-            alive_a, alive_b = a.reshape(heads, -1).all(dim=1), b.reshape(heads, -1).all(dim=1)
-            unit = "head"
-        elif kind == "intermediate":
-            alive_a, alive_b = a.all(dim=1), b.all(dim=1)
-            unit = "ffn"
-        else:
-            continue
-        rows.append({
-            "layer": layer_of(name), "kind": kind, "unit": unit, "total": alive_a.numel(),
-            "kept_a": int(alive_a.sum()), "kept_b": int(alive_b.sum()),
-            "intersection": int((alive_a & alive_b).sum()), "union": int((alive_a | alive_b).sum()),
-        })
-    return pd.DataFrame(rows)
-
-
-def aggregate_counts(counts: pd.DataFrame) -> list[dict]:
-    """Rows of (scope, group, counts, jaccard, random_jaccard, ratio): weights overall, per layer and per
-    tensor kind; structured units ("head", "ffn") overall ("all") and per layer."""
-    from .masks import Mask
-
-    rows = []
-    weights, units = counts[counts["unit"] == "weight"], counts[counts["unit"] != "weight"]
-    parts = [("overall", weights.assign(group="all")), ("layer", weights.assign(group=weights["layer"])),
-             ("kind", weights.assign(group=weights["kind"]))]
-    for unit, g in units.groupby("unit", sort=False):
-        parts += [(unit, g.assign(group="all")), (unit, g.assign(group=g["layer"]))]
-    for scope, frame in parts:
-        sums = frame.groupby("group", sort=False)[["total", "kept_a", "kept_b", "intersection", "union"]].sum()
-        for group, s in sums.iterrows():
-            s = {k: int(v) for k, v in s.items()}
-            jaccard = s["intersection"] / s["union"] if s["union"] else 1.0
-            chance = Mask.expected_random_jaccard(1 - s["kept_a"] / s["total"], 1 - s["kept_b"] / s["total"])
-            rows.append({"scope": scope, "group": str(group), **s, "jaccard": jaccard, "random_jaccard": chance,
-                         "ratio": jaccard / chance if chance else math.nan})
-    return rows
-
-
-def _check_layout(store: ResultsStore, a, b, id_a: str, id_b: str) -> None:
-    if a.shapes != b.shapes:
-        diff = sorted(set(a.shapes.items()) ^ set(b.shapes.items()))[0][0]
-        path_a, path_b = (store.display(store.path("masks", f"{i}.parquet")) for i in (id_a, id_b))
-        raise ResultsError(f"{path_a} and {path_b}: the masks' tensors or shapes disagree (first at {diff!r}); cannot compare")
-
-
-def _heads(model: str, num_heads: int | Mapping[str, int] | None) -> int | None:
-    if isinstance(num_heads, int):
-        return num_heads
-    if isinstance(num_heads, Mapping) and model in num_heads:
-        return int(num_heads[model])
-    try:
-        from transformers import AutoConfig
-
-        from .models import resolve_model
-
-        return int(AutoConfig.from_pretrained(resolve_model(model)).num_attention_heads)
-    except Exception as exc:  # offline hub id, deleted directory: heads are then simply not counted
-        warnings.warn(f"model {model!r}: cannot read its head count ({first_line(exc)}); shared heads not counted; "
-                      f"pass num_heads", stacklevel=2)
-        return None
-
-
-# ---------------------------------------------------------------- transfer and layer sparsity
-
-
-def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> pd.DataFrame:
-    """Each transferred ticket (source task's mask trained on a target task) against the target's own ticket
-    at the nearest ticket sparsity (`vs_ticket = mean - ticket_mean`) and its full model (`vs_full`)."""
-    moved = values[values["kind"] == "transfer"]
-    keys = ["model", "method", "source_task", "task", "sparsity"]
-    agg = moved.groupby(keys, as_index=False, sort=True).agg(
-        metric_name=("metric_name", "first"), mean=("metric", "mean"), std=("metric", "std"), seeds=("seed", "nunique"),
-    )
-    own = curve[curve["kind"] == "ticket"]
-    full_mean = full.set_index(TASK_KEY)["full_mean"]
-    rows = []
-    for r in agg.to_dict("records"):
-        key = (r["model"], r["method"], r["task"])
-        candidates = own[(own["model"] == key[0]) & (own["method"] == key[1]) & (own["task"] == key[2])]
-        ticket_sparsity, ticket_mean = math.nan, math.nan
-        if len(candidates):
-            nearest = (candidates["sparsity"] - r["sparsity"]).abs().idxmin()
-            ticket_sparsity, ticket_mean = candidates.loc[nearest, "sparsity"], candidates.loc[nearest, "mean"]
-        fm = float(full_mean.get(key, math.nan))
-        rows.append({**r, "ticket_sparsity": ticket_sparsity, "ticket_mean": ticket_mean, "full_mean": fm,
-                     "vs_ticket": r["mean"] - ticket_mean, "vs_full": r["mean"] - fm})
-    return pd.DataFrame(rows)
-
-
-def layer_sparsity(matching: pd.DataFrame, supers: pd.DataFrame, load: Callable[[str], Mask]) -> pd.DataFrame:
-    """Per task, the sparsity of every layer of its matching ticket (or, lacking one, its super ticket), first seed.
-
-    `matching` and `supers` are `ticket_masks` tables; "matching" sorts before "super", so a task's matching
-    ticket wins even when only its super ticket exists for a lower seed."""
-    chosen = pd.concat([matching.assign(ticket="matching"), supers.assign(ticket="super")])
-    chosen = chosen.sort_values([*TASK_KEY, "ticket", "seed"], kind="stable").drop_duplicates(TASK_KEY, keep="first")
-    rows = []
-    for r in chosen.to_dict("records"):
-        per_layer = load(r["mask_id"]).sparsity_per_layer()
-        rows += [{**r, "layer": layer, "layer_sparsity": s} for layer, s in per_layer.items()]
-    return pd.DataFrame(rows)
+def _trajectories(levels: pd.DataFrame, at: pd.Series | None) -> str:
+    """Trials at the super level, and the range over the curve's levels where it varies (early stopping)."""
+    low, high = int(levels["trajectories"].min()), int(levels["trajectories"].max())
+    here = str(at.trajectories) if at is not None else "—"
+    return here if low == high else f"{here} (levels: {low}–{high})"
 
 
 # ---------------------------------------------------------------- writing
@@ -503,6 +270,10 @@ def _num(x, signed: bool = False, fmt: str = ".4f") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
     return format(x, ("+" if signed else "") + fmt)
+
+
+def _text(x) -> str:
+    return x if isinstance(x, str) and x else "—"
 
 
 def _pct(x) -> str:

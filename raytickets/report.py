@@ -22,26 +22,26 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from .analysis import (
-    BASELINE_KINDS, SUMMARY_HEADER, analyze, load_analysis, out_location, summary_markdown, summary_rows,
+    BASELINE_KINDS, CURVE_KEY, SUMMARY_HEADER, analyze, collapse_text, load_analysis, of_curve, out_location,
+    summary_markdown, summary_rows,
 )
+from .baselines import BASELINES
 from .store import ResultsStore, write_bytes_atomic
 
-BASELINE_STYLE = {  # marker and colour per baseline kind; the ticket is always blue
-    "random": ("s", "tab:orange"), "reinit": ("v", "tab:green"), "shuffled": ("D", "tab:purple"),
-    "oneshot": ("^", "tab:brown"), "standard": ("P", "tab:pink"),
-}
+# Marker and colour per baseline kind, from the registry; the ticket is always blue.
+BASELINE_STYLE = {name: b.style for name, b in BASELINES.items()}
 
 
 def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path | str:
     """Write the report and return the location of index.html (a Path locally, a URI string otherwise).
 
-    Runs `analyze` first if the analysis tables are missing.
+    Runs `analyze` first if the analysis tables are missing (or were written by an older raytickets).
     """
     store = ResultsStore(results_dir)
     tables = load_analysis(results_dir) or analyze(results_dir)
     figures = build_figures(tables)  # [(file name, caption, png bytes)]
     summary = summary_markdown(tables)
-    page = render_html(summary_rows(tables), figures)
+    page = render_html(summary_rows(tables), figures, collapse_notes(tables))
     fs, out = out_location(store, out_dir, "report")
     where = store.display(f"{out}/index.html") if out_dir is None else f"{os.fspath(out_dir).rstrip('/')}/index.html"
     for name, _, png in figures:
@@ -49,6 +49,22 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     write_bytes_atomic(summary.encode(), fs, f"{out}/summary.md")
     write_bytes_atomic(page.encode(), fs, f"{out}/index.html")  # last: the page exists only with its figures
     return where if "://" in where else Path(where)
+
+
+def collapse_notes(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """One sentence per curve whose chosen ticket has a collapsed layer: which task, setting and tensors."""
+    layers = tables["layer_sparsity"]
+    notes = []
+    for key, _ in layers[layers["collapsed"]].groupby(CURVE_KEY, sort=True):
+        notes.append(f"{curve_title(tables['super_tickets'], key)}: {collapse_text(layers, key)}")
+    return notes
+
+
+def curve_title(supers: pd.DataFrame, key: tuple) -> str:
+    """"task" or "task · setting label": how a curve is named in panels, legends and notes."""
+    label = of_curve(supers, key)["setting_label"]
+    text = label.iloc[0] if len(label) and isinstance(label.iloc[0], str) else ""
+    return f"{key[2]} · {text}" if text else key[2]
 
 
 # ---------------------------------------------------------------- figures
@@ -63,38 +79,43 @@ def build_figures(tables: dict[str, pd.DataFrame]) -> list[tuple[str, str, bytes
         tag = _slug(f"{model}-{method}")
         name = f"{Path(model).name or model} / {method}"
         sel = {k: _select(t, model, method) for k, t in tables.items()}
-        figures.append((f"curves-{tag}.png", f"Metric vs sparsity per task ({name}): ticket mean ± std over seeds, "
-                        "baselines, full-model band (mean ± std); ○ matching (paper), □ matching (strict), ★ super ticket",
-                        _png(curve_figure(sel["super_tickets"], sel["curves"]))))
+        figures.append((f"curves-{tag}.png", f"Metric vs sparsity per task and setting ({name}): ticket mean ± std "
+                        "over seeds, baselines, full-model band (mean ± std); ○ matching (paper), □ matching (strict), "
+                        "★ super ticket", _png(curve_figure(sel["super_tickets"], sel["curves"]))))
         if not sel["overlap"].empty:
             figures.append((f"overlap-{tag}.png", f"Overlap of matching tickets across tasks ({name}): "
-                            "Jaccard / Jaccard of independent random masks (1 = chance)",
+                            "Jaccard / Jaccard of independent random masks (1 = chance), mean over seed and setting pairs",
                             _png(overlap_figure(sel["overlap"]))))
         if not sel["transfer"].empty:
             figures.append((f"transfer-{tag}.png", f"Ticket transfer ({name}): target metric minus the target's own "
-                            "ticket at the nearest sparsity (highest transferred sparsity per pair)",
+                            "ticket of the same setting at the nearest sparsity (highest transferred sparsity per pair)",
                             _png(transfer_figure(sel["transfer"]))))
         if not sel["layer_sparsity"].empty:
-            figures.append((f"layers-{tag}.png", f"Per-layer sparsity of each task's matching ticket (super ticket "
-                            f"where none matches), first seed ({name})", _png(layer_figure(sel["layer_sparsity"]))))
+            notes = collapse_notes(sel)
+            collapse = "Layer collapse: " + "; ".join(notes) if notes else "No layer collapse (no tensor > 95% pruned)"
+            figures.append((f"layers-{tag}.png", f"Per-layer sparsity of each curve's matching ticket (super ticket "
+                            f"where none matches), first seed ({name}). {collapse}.",
+                            _png(layer_figure(sel["layer_sparsity"], sel["super_tickets"]))))
     return figures
 
 
 def curve_figure(supers: pd.DataFrame, curves: pd.DataFrame) -> Figure:
-    tasks = sorted(supers["task"].unique())
-    cols = min(3, len(tasks))
-    rows = math.ceil(len(tasks) / cols)
+    """One panel per curve (task and setting): ticket, baselines, full-model band, matching and super marks."""
+    keys = sorted(set(map(tuple, supers[CURVE_KEY].drop_duplicates().to_numpy())))
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
     fig = Figure(figsize=(4.6 * cols, 3.6 * rows), layout="constrained")
-    for i, task in enumerate(tasks):
+    for i, key in enumerate(keys):
         ax = fig.add_subplot(rows, cols, i + 1)
-        t = supers[supers["task"] == task].sort_values("sparsity")
+        t = of_curve(supers, key).sort_values("sparsity")
         first = t.iloc[0]
         if not math.isnan(first["full_mean"]):
             ax.axhspan(first["full_mean"] - first["full_std"], first["full_mean"] + first["full_std"],
                        color="tab:gray", alpha=0.25, label="full model ± std")
             ax.axhline(first["full_mean"], color="tab:gray", lw=1)
+        mine = of_curve(curves, key)
         for kind in BASELINE_KINDS:
-            b = curves[(curves["task"] == task) & (curves["kind"] == kind)].sort_values("sparsity")
+            b = mine[mine["kind"] == kind].sort_values("sparsity")
             if len(b):
                 marker, color = BASELINE_STYLE[kind]
                 ax.errorbar(100 * b["sparsity"], b["mean"], yerr=b["std"].fillna(0), marker=marker, color=color,
@@ -104,7 +125,7 @@ def curve_figure(supers: pd.DataFrame, curves: pd.DataFrame) -> Figure:
         _mark(ax, t, first["matching_sparsity_paper"], "o", 13, "matching (paper)")
         _mark(ax, t, first["matching_sparsity_strict"], "s", 11, "matching (strict)")
         _mark(ax, t, first["super_sparsity"], "*", 16, "super ticket", filled=True)
-        ax.set_title(task)
+        ax.set_title(curve_title(supers, key), fontsize=9)
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel(first["metric_name"])
         ax.grid(alpha=0.3)
@@ -125,7 +146,8 @@ def _mark(ax, t: pd.DataFrame, sparsity: float, marker: str, size: int, label: s
 
 
 def overlap_figure(overlap: pd.DataFrame) -> Figure:
-    """Task × task heatmap of the overall Jaccard ratio to chance, averaged over seed pairs (symmetric)."""
+    """Task × task heatmap of the overall Jaccard ratio to chance, averaged over seed and setting pairs
+    (symmetric)."""
     overall = overlap[overlap["scope"] == "overall"].groupby(["task_a", "task_b"])["ratio"].mean()
     tasks = sorted(set(overlap["task_a"]) | set(overlap["task_b"]))
     matrix = pd.DataFrame(np.nan, index=tasks, columns=tasks)
@@ -138,8 +160,11 @@ def overlap_figure(overlap: pd.DataFrame) -> Figure:
 
 
 def transfer_figure(transfer: pd.DataFrame) -> Figure:
-    """Source × target heatmap of `vs_ticket` at each pair's highest transferred sparsity."""
-    top = transfer.sort_values("sparsity").drop_duplicates(["source_task", "task"], keep="last")
+    """Source × target heatmap of `vs_ticket` at each pair's highest transferred sparsity; a source is named with
+    its setting (first 8 characters of setting_id) where the transfers come from several settings."""
+    several = transfer["setting_id"].nunique() > 1
+    source = transfer["source_task"] + (" · " + transfer["setting_id"].str[:8] if several else "")
+    top = transfer.assign(source_task=source).sort_values("sparsity").drop_duplicates(["source_task", "task"], keep="last")
     sources, targets = sorted(top["source_task"].unique()), sorted(top["task"].unique())
     matrix = pd.DataFrame(np.nan, index=sources, columns=targets)
     labels = {}
@@ -156,7 +181,8 @@ def transfer_figure(transfer: pd.DataFrame) -> Figure:
 
 def _heatmap(matrix: pd.DataFrame, label: str, cmap: str, norm, fmt, labels: dict | None = None) -> Figure:
     n_rows, n_cols = matrix.shape
-    fig = Figure(figsize=(1.2 * n_cols + 2.5, 1.0 * n_rows + 1.5), layout="constrained")
+    widest = max((len(str(i)) for i in matrix.index), default=0)  # room for long row names (task · setting)
+    fig = Figure(figsize=(1.2 * n_cols + 2.5 + 0.08 * widest, 1.0 * n_rows + 1.5), layout="constrained")
     ax = fig.add_subplot()
     ax.set_facecolor("#e0e0e0")  # grey = no value (a task with itself, a pair never run)
     image = ax.imshow(matrix.to_numpy(dtype=float), cmap=cmap, norm=norm)
@@ -174,20 +200,26 @@ def _heatmap(matrix: pd.DataFrame, label: str, cmap: str, norm, fmt, labels: dic
     return fig
 
 
-def layer_figure(layers: pd.DataFrame) -> Figure:
-    """Grouped bars: sparsity of each layer (encoder layers in order, then the pooler) per task."""
+def layer_figure(layers: pd.DataFrame, supers: pd.DataFrame) -> Figure:
+    """Grouped bars: sparsity of each layer (encoder layers in order, then the pooler) per curve; a layer holding
+    a collapsed tensor is hatched."""
     order = sorted(layers["layer"].unique(), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
-    tasks = sorted(layers["task"].unique())
-    fig = Figure(figsize=(max(5.0, 0.9 * len(order) * max(1, len(tasks)) ** 0.5 + 2), 3.6), layout="constrained")
+    keys = sorted(set(map(tuple, layers[CURVE_KEY].drop_duplicates().to_numpy())))
+    fig = Figure(figsize=(max(5.0, 0.9 * len(order) * max(1, len(keys)) ** 0.5 + 2), 3.6), layout="constrained")
     ax = fig.add_subplot()
-    width = 0.8 / len(tasks)
-    for k, task in enumerate(tasks):
-        t = layers[layers["task"] == task].set_index("layer").reindex(order)
+    width = 0.8 / len(keys)
+    for k, key in enumerate(keys):
+        t = of_curve(layers, key).set_index("layer").reindex(order)
         first = t.dropna(subset=["layer_sparsity"]).iloc[0]
-        ax.bar(np.arange(len(order)) + k * width - 0.4 + width / 2, 100 * t["layer_sparsity"], width,
-               label=f"{task} ({first['ticket']}, {100 * first['sparsity']:.1f}%)")
+        x = np.arange(len(order)) + k * width - 0.4 + width / 2
+        bars = ax.bar(x, 100 * t["layer_sparsity"], width,
+                      label=f"{curve_title(supers, key)} ({first['ticket']}, {100 * first['sparsity']:.1f}%)")
+        for bar, collapsed in zip(bars, t["collapsed"].fillna(False).astype(bool)):
+            if collapsed:
+                bar.set_hatch("//")
+                bar.set_edgecolor("black")
     ax.set_xticks(range(len(order)), order)
-    ax.set_xlabel("layer")
+    ax.set_xlabel("layer (hatched: holds a collapsed tensor)")
     ax.set_ylabel("sparsity (%)")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
@@ -227,10 +259,17 @@ figure {{ margin: 2em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #555
 </head>
 <body>
 <h1>raytickets report</h1>
-<p>Matching sparsity: paper rule = highest sparsity with ticket mean &ge; full mean &minus; full std;
-strict rule = ticket mean &ge; full mean. Super ticket: the sparsity with the best mean; p from Welch's
-t-test over seeds (one-sided, ticket &gt; full model).</p>
+<p>One curve per task and setting (setting: the first 8 characters of its setting_id, and the settings that
+differ between the curves of one task). A collapsed run is scored at its chance value and counted under
+failed seeds. Matching sparsity: paper rule = highest sparsity with ticket mean &ge; full mean &minus; full
+std; strict rule = ticket mean &ge; full mean. Super ticket: the sparsity &gt; 0 with the best ticket mean,
+ties to the sparser level. p_selection: paired one-sided t-test over seeds (ticket &gt; full model of the same
+seed) at each of the K levels tested, Holm-adjusted over the K levels, at the super ticket: it accounts for
+picking the best of K. p_holdout (&ge; 4 paired seeds): the level chosen on the first half of the seeds,
+tested on the other half. p_welch: Welch's unpaired t-test of the chosen level on the seeds that chose it,
+uncorrected, for comparison only (it overstates significance). Trajectories: trials reaching the level.</p>
 <h2>Summary</h2>
+{notes}
 {table}
 <h2>Figures</h2>
 {figures}
@@ -249,8 +288,9 @@ window.addEventListener("load", function () {{
 """
 
 
-def render_html(rows: list[list[str]], figures: list[tuple[str, str, bytes]]) -> str:
-    """The page: the summary table (`analysis.summary_rows`) and every figure as a base64 data URI."""
+def render_html(rows: list[list[str]], figures: list[tuple[str, str, bytes]], notes: list[str] = ()) -> str:
+    """The page: layer-collapse notes, the summary table (`analysis.summary_rows`) and every figure as a
+    base64 data URI."""
     parts = []
     for name, caption, png in figures:
         data = base64.b64encode(png).decode()
@@ -258,7 +298,9 @@ def render_html(rows: list[list[str]], figures: list[tuple[str, str, bytes]]) ->
                      f'src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>')
     if not figures:
         parts.append("<p>No ticket rounds in these results: nothing to plot.</p>")
-    return PAGE.format(table=html_table(SUMMARY_HEADER, rows), figures="\n".join(parts))
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    notes_html = f'<p class="collapse">Layer collapse in the chosen tickets:</p><ul>{items}</ul>' if notes else ""
+    return PAGE.format(table=html_table(SUMMARY_HEADER, rows), figures="\n".join(parts), notes=notes_html)
 
 
 def html_table(header, rows) -> str:

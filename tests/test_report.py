@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -134,3 +135,61 @@ def test_report_without_masks_has_only_the_curves(tmp_path):
     assert sorted(p.name for p in index.parent.glob("*.png")) == ["curves-tiny-magnitude.png",
                                                                    "transfer-tiny-magnitude.png"]
     assert pd.read_parquet(tmp_path / "analysis" / "overlap.parquet").empty
+
+
+def build_settings_results(root: Path) -> str:
+    """sst2 under two settings (rewind step 0 and 100), 3 seeds; the rewind-100 ticket at 20% has a collapsed
+    tensor. Returns the collapsed tensor's name."""
+    store = ResultsStore(root)
+    collapsed = "encoder.layer.1.intermediate.dense.weight"
+    base = dict(model="tiny", method="magnitude", metric_name="accuracy", task="sst2",
+                finished_at="2024-01-01T00:00:00Z")
+    rows = []
+    for rewind, gain in ((0, 0.004), (100, 0.012)):
+        text = json.dumps({"prune": {"rewind_step": rewind}, "train": {"learning_rate": 3e-5}}, sort_keys=True)
+        sid = f"{rewind:04d}" + "ab" * 6
+        for seed in range(3):
+            trial = f"sst2-r{rewind}-{seed}"
+            ident = dict(base, trial=trial, seed=seed, setting_id=sid, settings=text)
+            rows.append(dict(ident, round=0, kind="full", sparsity=0.0, metric=0.90 + 0.002 * seed))
+            for r, sparsity in enumerate((0.2, 0.4), start=1):
+                mask = _mask(sparsity, 1000 * rewind + 10 * seed + r)
+                if rewind == 100:
+                    mask = Mask({n: t & (n != collapsed) for n, t in mask.tensors.items()})
+                rows.append(dict(ident, round=r, kind="ticket", sparsity=sparsity, mask_id=store.write_mask(mask),
+                                 metric=0.90 + 0.002 * seed + gain - 0.02 * (r - 1), failed=False))
+                rows.append(dict(ident, round=r, kind="random", sparsity=sparsity, metric=0.85))
+    store.write_rounds(rows)
+    return collapsed
+
+
+def test_report_names_settings_tests_failed_seeds_and_collapse(tmp_path):
+    collapsed = build_settings_results(tmp_path / "results")
+    index = write_report(tmp_path / "results")
+    page = index.read_text()
+    assert "p from Welch" not in page and "Holm" in page and "p_selection" in page and "failed seeds" in page
+    for header in ("setting", "p_selection (paired, Holm over K levels)", "p_welch (unpaired, unadjusted)",
+                   "failed seeds (ticket / full)", "trajectories", "layer collapse"):
+        assert f"<th>{header}</th>" in page, header
+    # The two curves of sst2 are told apart by the setting that differs between them.
+    assert page.count("prune.rewind_step=0<") == 1 and page.count("prune.rewind_step=100<") == 1
+    # Collapse in words: above the summary table, in its row, and in the caption of the layer figure.
+    note = page[page.index("Layer collapse in the chosen tickets"):page.index("<table>")]
+    assert "sst2 · 0100abab prune.rewind_step=100" in note and collapsed in note
+    caption = page[page.index('id="layers-tiny-magnitude.png"'):]
+    assert collapsed in caption[:caption.index("</figcaption>")]
+    summary = (index.parent / "summary.md").read_text()
+    row = next(line for line in summary.splitlines() if "rewind_step=100" in line)
+    assert collapsed in row and "| 0 / 0 |" in row and "| 3 |" in row
+    dom = rendered_dom(index, tmp_path / "profile")
+    assert image_counts(dom) == (2, 2)  # curves and per-layer sparsity (one task: no overlap)
+
+
+def test_an_analysis_written_with_other_columns_is_redone(tmp_path):
+    build_settings_results(tmp_path)
+    analysis.analyze(tmp_path)
+    stale = tmp_path / "analysis" / "curves.parquet"
+    pd.read_parquet(stale).drop(columns=["failed_seeds"]).to_parquet(stale)
+    assert analysis.load_analysis(tmp_path) is None
+    write_report(tmp_path)  # re-analyses instead of failing on the missing column
+    assert "failed_seeds" in pd.read_parquet(stale).columns

@@ -1,0 +1,269 @@
+"""The results along the sparsity axis: per-seed values, curves, the full model, super tickets, transfer.
+
+One curve is one (model, method, task, setting_id); the rules are written out in `raytickets.analysis`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from .baselines import BASELINES
+from .errors import ResultsError
+from .stats import selection_test, welch_greater
+
+SPARSITY_DECIMALS = 4
+BASELINE_KINDS = tuple(BASELINES)  # the registry decides which kinds are baselines
+CURVE_KINDS = ("ticket", *BASELINE_KINDS)
+CURVE_KEY = ["model", "method", "task", "setting_id"]
+# A constant predictor's correlation is undefined; its chance value is 0 (as `tasks.chance_metrics` scores it).
+CORRELATIONS = ("pearson", "spearman", "matthews")
+
+
+def of_curve(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    """The rows of `frame` that belong to the curve `key` (model, method, task, setting_id)."""
+    return frame[(frame[CURVE_KEY] == pd.Series(key, index=CURVE_KEY)).all(axis=1)]
+
+
+# ---------------------------------------------------------------- per-seed values
+
+
+def scored(rounds: pd.DataFrame) -> pd.DataFrame:
+    """The rounds with `setting_id` "" where null (older files: one curve per task) and every collapsed run
+    (`failed`, or a NaN metric in older files) scored at its chance value and flagged in `collapsed`."""
+    metric = rounds["metric"].astype(float)
+    collapsed = rounds["failed"].fillna(False).astype(bool) | metric.isna()
+    chance = rounds["chance_metric"].astype(float)
+    chance = chance.where(chance.notna() | ~rounds["metric_name"].isin(CORRELATIONS), 0.0)
+    # A collapsed row written by this version already holds its chance value in `metric`.
+    value = metric.where(~collapsed, chance.where(chance.notna(), metric))
+    unknown = collapsed & value.isna()
+    if unknown.any():
+        first = rounds[unknown].iloc[0]
+        warnings.warn(f"{int(unknown.sum())} collapsed run(s) have no chance_metric (e.g. trial {first['trial']!r}, "
+                      f"{first['metric_name']}); the levels holding them have no mean", stacklevel=3)
+    out = rounds.assign(
+        setting_id=rounds["setting_id"].fillna(""), metric=value, collapsed=collapsed,
+        sparsity=rounds["sparsity"].astype(float).round(SPARSITY_DECIMALS), source_task=rounds["source_task"].fillna(""),
+    )
+    _check_one_metric(out)
+    return out
+
+
+def _check_one_metric(rounds: pd.DataFrame) -> None:
+    """A curve averages one metric: accuracy and F1 (two metric conventions) never share a mean."""
+    names = rounds.groupby(CURVE_KEY, sort=True)["metric_name"].unique()
+    mixed = names[names.map(len) > 1]
+    if len(mixed):
+        key, found = mixed.index[0], sorted(mixed.iloc[0])
+        raise ResultsError(f"rounds.metric_name: curve {dict(zip(CURVE_KEY, key))} holds {found}; a curve has one "
+                           "metric (rows of another metric_convention need their own setting_id)")
+
+
+def seed_values(rounds: pd.DataFrame) -> pd.DataFrame:
+    """One value per (curve, kind, source_task, sparsity level, seed) of `scored` rounds: the mean of the
+    seed's rows there (NaN if any is NaN), and whether any of them collapsed (`failed`)."""
+    keys = [*CURVE_KEY, "kind", "source_task", "sparsity", "seed"]
+    frame = rounds.assign(unknown=rounds["metric"].isna())
+    out = frame.groupby(keys, as_index=False, sort=True).agg(
+        metric=("metric", "mean"), unknown=("unknown", "any"), failed=("collapsed", "any"),
+        metric_name=("metric_name", "first"), metric_convention=("metric_convention", "first"),
+    )
+    out.loc[out["unknown"], "metric"] = math.nan
+    return out.drop(columns="unknown")
+
+
+def level_trials(rounds: pd.DataFrame) -> pd.DataFrame:
+    """`trajectories` per (curve, kind, source_task, level): distinct trials with a row there, so a level
+    reached only by the survivors of early stopping shows it."""
+    keys = [*CURVE_KEY, "kind", "source_task", "sparsity"]
+    return rounds.groupby(keys, as_index=False, sort=True).agg(trajectories=("trial", "nunique"))
+
+
+def setting_labels(rounds: pd.DataFrame) -> pd.DataFrame:
+    """Per curve a short `setting_label`: the first 8 characters of its setting_id and, where a task has
+    several curves, the settings (from the `settings` JSON) whose values differ between them."""
+    first = rounds.groupby(CURVE_KEY, sort=True)["settings"].first()  # first non-null JSON per curve
+    rows = []
+    for task_key, group in first.groupby(level=[0, 1, 2], sort=True):
+        flat = {key[3]: _flatten(json.loads(text)) if isinstance(text, str) else {} for key, text in group.items()}
+        names = sorted({name for f in flat.values() for name in f})
+        differ = [n for n in names if len({json.dumps(f.get(n), sort_keys=True) for f in flat.values()}) > 1]
+        for setting_id, f in flat.items():
+            parts = ", ".join(f"{n}={f.get(n, 'unset')}" for n in differ)
+            label = " ".join(p for p in (setting_id[:8], parts) if p)
+            rows.append({**dict(zip(CURVE_KEY, (*task_key, setting_id))), "setting_label": label})
+    return pd.DataFrame(rows, columns=[*CURVE_KEY, "setting_label"])
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ---------------------------------------------------------------- curves and the full model
+
+
+def level_stats(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean, sample std, seed count and failed-seed count over the seeds of each group of `keys`."""
+    frame = values.assign(unknown=values["metric"].isna())
+    out = frame.groupby(keys, as_index=False, sort=True).agg(
+        metric_name=("metric_name", "first"), metric_convention=("metric_convention", "first"), mean=("metric", "mean"),
+        std=("metric", "std"), seeds=("seed", "nunique"), failed_seeds=("failed", "sum"), unknown=("unknown", "any"),
+    )
+    out.loc[out["unknown"], ["mean", "std"]] = math.nan  # a seed without a value: the level has no mean
+    return out.drop(columns="unknown")
+
+
+def curves(values: pd.DataFrame, trials: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """Per curve, the ticket's and every baseline's levels: mean, std, seeds, failed seeds, trajectories."""
+    frame = values[values["kind"].isin(CURVE_KINDS)]
+    out = level_stats(frame, [*CURVE_KEY, "kind", "sparsity"])
+    out = out.merge(trials[trials["source_task"] == ""].drop(columns="source_task"), on=[*CURVE_KEY, "kind", "sparsity"],
+                    how="left")
+    return out.merge(labels, on=CURVE_KEY, how="left")
+
+
+def full_model(rounds: pd.DataFrame) -> pd.DataFrame:
+    """Per curve: the full model's value per seed (`full_by_seed`), mean, std (single seed: 0), seeds, failed
+    seeds and source: the `kind == "full"` rows, or, lacking them, the `full_metric` column of the other rows
+    (where a collapse cannot be seen: its failed count is 0)."""
+    out = []
+    for key, group in rounds.groupby(CURVE_KEY, sort=True):
+        full_rows = group[group["kind"] == "full"]
+        if len(full_rows):
+            per_seed, source = full_rows.groupby("seed")["metric"].mean(), "full rows"
+            failed = int(full_rows.groupby("seed")["collapsed"].any().sum())
+        else:
+            per_seed = group.dropna(subset=["full_metric"]).groupby("seed")["full_metric"].mean()
+            source, failed = "full_metric column", 0
+        values = per_seed.to_numpy(dtype=float)
+        out.append({
+            **dict(zip(CURVE_KEY, key)), "full_by_seed": per_seed.astype(float),
+            "full_source": source if len(values) else "none",
+            "full_mean": values.mean() if len(values) else math.nan,
+            "full_std": values.std(ddof=1) if len(values) > 1 else 0.0 if len(values) else math.nan,
+            "full_seeds": len(values), "full_failed_seeds": failed,
+        })
+    columns = [*CURVE_KEY, "full_by_seed", "full_source", "full_mean", "full_std", "full_seeds", "full_failed_seeds"]
+    return pd.DataFrame(out, columns=columns)
+
+
+# ---------------------------------------------------------------- matching and super tickets
+
+
+def super_tickets(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> pd.DataFrame:
+    """Every ticket curve's levels with its matching sparsities, super ticket, its tests and phase transition."""
+    seeds = values[values["kind"] == "ticket"].groupby(CURVE_KEY, sort=True)
+    full = full.set_index(CURVE_KEY)
+    rows = []
+    for key, levels in curve[curve["kind"] == "ticket"].groupby(CURVE_KEY, sort=True):
+        rows += _curve_rows(key, levels.set_index("sparsity").sort_index(), seeds.get_group(key),
+                            full.loc[key] if key in full.index else None)
+    return pd.DataFrame(rows)
+
+
+def _curve_rows(key: tuple, levels: pd.DataFrame, seeds: pd.DataFrame, full: pd.Series | None) -> list[dict]:
+    full_mean = float(full["full_mean"]) if full is not None else math.nan
+    full_std = float(full["full_std"]) if full is not None else math.nan
+    # The matching rules, once: Chen et al.'s (within one std of the full model) and the strict one.
+    pruned_level = levels.index > 0
+    levels["matches_paper"] = pruned_level & (levels["mean"] >= full_mean - full_std)
+    levels["matches_strict"] = pruned_level & (levels["mean"] >= full_mean)
+    pruned = levels[pruned_level]
+    test = super_test(pruned, seeds, full["full_by_seed"] if full is not None else pd.Series(dtype=float))
+    best = pruned.loc[test["super_sparsity"]] if not math.isnan(test["super_sparsity"]) else None
+    curve = {
+        **dict(zip(CURVE_KEY, key)), "setting_label": levels["setting_label"].iloc[0],
+        "metric_name": levels["metric_name"].iloc[0], "metric_convention": levels["metric_convention"].iloc[0],
+        "full_mean": full_mean, "full_std": full_std, "full_seeds": int(full["full_seeds"]) if full is not None else 0,
+        "full_failed_seeds": int(full["full_failed_seeds"]) if full is not None else 0,
+        "full_source": full["full_source"] if full is not None else "none",
+        # an empty index's max() is nan: no level matches
+        "matching_sparsity_paper": float(levels.index[levels["matches_paper"]].max()),
+        "matching_sparsity_strict": float(levels.index[levels["matches_strict"]].max()),
+        "super_mean": float(best["mean"]) if best is not None else math.nan,
+        "super_std": float(best["std"]) if best is not None else math.nan,
+        "super_seeds": int(best["seeds"]) if best is not None else 0,
+        "gain": float(best["mean"]) - full_mean if best is not None else math.nan, **test,
+        "phase_transition": phase_transition(pruned.index.to_numpy(), pruned["mean"].to_numpy(), full_mean),
+    }
+    return [
+        {
+            **curve, "sparsity": float(s), "mean": float(lv["mean"]), "std": float(lv["std"]), "seeds": int(lv["seeds"]),
+            "failed_seeds": int(lv["failed_seeds"]), "trajectories": int(lv["trajectories"]),
+            "matches_paper": bool(lv["matches_paper"]), "matches_strict": bool(lv["matches_strict"]),
+            "is_super": bool(s == curve["super_sparsity"]),
+        }
+        for s, lv in levels.iterrows()
+    ]
+
+
+def super_test(pruned: pd.DataFrame, seeds: pd.DataFrame, full_by_seed: pd.Series) -> dict:
+    """The super ticket of one curve (`pruned`: its levels > 0) and its tests (`stats.selection_test`, and
+    Welch's for comparison) on the per-seed ticket values `seeds` and full-model values `full_by_seed`."""
+    nan = {"super_sparsity": math.nan, "levels_tested": 0, "t_paired": math.nan, "p_paired": math.nan,
+           "p_selection": math.nan, "holdout_sparsity": math.nan, "holdout_seeds": 0, "p_holdout": math.nan,
+           "t_statistic": math.nan, "p_welch": math.nan}
+    if pruned.empty:
+        return nan
+    matrix = seeds.set_index(["sparsity", "seed"])["metric"].unstack("seed")
+    columns = sorted(set(matrix.columns) | set(full_by_seed.index))
+    matrix = matrix.reindex(index=pruned.index, columns=columns)
+    full = full_by_seed.reindex(columns).to_numpy(dtype=float)
+    sparsities = pruned.index.to_numpy(dtype=float)
+    r = selection_test(matrix.to_numpy(dtype=float), full, sparsities, pruned["mean"].to_numpy(dtype=float))
+    level, held = int(r["level"]), int(r["holdout_level"])
+    if level < 0:
+        return {**nan, "levels_tested": int(r["levels_tested"])}
+    chosen = matrix.iloc[level].dropna().to_numpy()
+    t_welch, p_welch = welch_greater(chosen, full_by_seed.dropna().to_numpy(dtype=float))
+    return {
+        "super_sparsity": float(sparsities[level]), "levels_tested": int(r["levels_tested"]),
+        "t_paired": float(r["t_paired"]), "p_paired": float(r["p_paired"]), "p_selection": float(r["p_selection"]),
+        "holdout_sparsity": float(sparsities[held]) if held >= 0 else math.nan,
+        "holdout_seeds": int(r["holdout_seeds"]), "p_holdout": float(r["p_holdout"]),
+        "t_statistic": float(t_welch), "p_welch": float(p_welch),
+    }
+
+
+def phase_transition(sparsities: np.ndarray, means: np.ndarray, full_mean: float) -> bool:
+    """True if the curve (sparsity > 0, ascending) exceeds `full_mean` somewhere and is below it at a higher sparsity."""
+    order = np.argsort(sparsities)
+    means = np.asarray(means, dtype=float)[order]
+    above = np.flatnonzero(means > full_mean)
+    return bool(len(above) and (means[above[0] + 1:] < full_mean).any())
+
+
+# ---------------------------------------------------------------- transfer
+
+
+def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> pd.DataFrame:
+    """Each transferred ticket (source task's mask trained on a target task) against the target's own ticket
+    of the same setting at the nearest ticket sparsity (`vs_ticket = mean - ticket_mean`) and its full model
+    (`vs_full`); null where the target has no curve of that setting."""
+    moved = values[values["kind"] == "transfer"]
+    agg = level_stats(moved, ["model", "method", "source_task", "task", "setting_id", "sparsity"])
+    own = curve[curve["kind"] == "ticket"].groupby(CURVE_KEY)
+    full_mean = full.set_index(CURVE_KEY)["full_mean"]
+    rows = []
+    for r in agg.to_dict("records"):
+        key = tuple(r[k] for k in CURVE_KEY)
+        ticket_sparsity, ticket_mean = math.nan, math.nan
+        if key in own.groups:
+            candidates = own.get_group(key)
+            nearest = (candidates["sparsity"] - r["sparsity"]).abs().idxmin()
+            ticket_sparsity, ticket_mean = candidates.loc[nearest, "sparsity"], candidates.loc[nearest, "mean"]
+        fm = float(full_mean.get(key, math.nan))
+        rows.append({**r, "ticket_sparsity": ticket_sparsity, "ticket_mean": ticket_mean, "full_mean": fm,
+                     "vs_ticket": r["mean"] - ticket_mean, "vs_full": r["mean"] - fm})
+    return pd.DataFrame(rows)
