@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,14 @@ def test_every_shipped_config_validates(path, monkeypatch):
     for key in raw.get("search", {}).get("space", {}):
         assert key in cfg.search.space
     assert dataclasses.asdict(cfg)["search"]["space"].keys() == raw.get("search", {}).get("space", {}).keys()
+
+
+def test_readme_lists_every_method():
+    """The README's method table is the registry's: a method added without its row (or a row left for a
+    method removed) fails here."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("<!-- methods:"):text.index("<!-- /methods -->")]
+    rows = [re.split(r"(?<!\\)\|", line) for line in table.splitlines() if line.startswith("| `")]  # \| is text
+    assert [cells[1].strip().strip("`") for cells in rows] == list(METHODS)
+    for cells, cls in zip(rows, METHODS.values()):
+        assert cells[2].strip().replace("\\|", "|") == cls.summary, cls.name
