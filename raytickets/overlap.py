@@ -62,7 +62,7 @@ def overlap(
         by_task = {task: {s: g.set_index("seed") for s, g in tg.groupby("setting_id", sort=True)}
                    for task, tg in group.groupby("task", sort=True)}
         # Read the model's config once per group, and only when there is a pair to count heads for.
-        heads = _heads(model, num_heads) if method == "structured" and len(by_task) > 1 else None
+        heads = _heads(model, num_heads) if _whole_units(method) and len(by_task) > 1 else None
         for task_a, task_b in combinations(sorted(by_task), 2):
             a, b = by_task[task_a], by_task[task_b]
             settings = [(s, s) for s in sorted(set(a) & set(b))] or list(product(sorted(a), sorted(b)))
@@ -84,10 +84,17 @@ def _pair_rows(store: ResultsStore, ident: dict, a: pd.DataFrame, b: pd.DataFram
         masks = {"seed_a": seed_a, "seed_b": seed_b, "mask_id_a": ra["mask_id"], "mask_id_b": rb["mask_id"],
                  "sparsity_a": ra["sparsity"], "sparsity_b": rb["sparsity"]}
         counts = tensor_counts(mask_a, mask_b)
-        if method == "structured":
+        if _whole_units(method):
             counts = pd.concat([counts, unit_counts(mask_a, mask_b, heads)])
         rows += [{**ident, **masks, **r} for r in aggregate_counts(counts)]
     return rows
+
+
+def _whole_units(method: str) -> bool:
+    """Whether a method's masks remove whole heads and FFN units (then shared units are counted too)."""
+    from .pruning import METHODS
+
+    return method in METHODS and METHODS[method].whole_units
 
 
 def tensor_counts(mask_a, mask_b) -> pd.DataFrame:

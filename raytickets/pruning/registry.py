@@ -64,6 +64,7 @@ class Method:
     stop_fields: ClassVar[tuple[str, ...]] = ()
     axis_fields: ClassVar[tuple[str, ...]] = ()
     row_fields: ClassVar[tuple[str, ...]] = ()
+    whole_units: ClassVar[bool] = False  # its masks remove whole heads and FFN units (overlap counts them)
 
     def __init__(self, hparams: Any, rounds: int | None):
         self.hp = hparams

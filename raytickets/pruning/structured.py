@@ -54,6 +54,7 @@ class Structured(Method):
     Hparams = StructuredHparams
     axis_fields = ("head_fraction", "ffn_fraction")
     row_fields = ("head_fraction", "ffn_fraction", "ffn_granularity", "losing")
+    whole_units = True
 
     def num_rounds(self) -> int:
         return self.rounds or 1
