@@ -54,7 +54,12 @@ class TrainConfig:
     epochs: float = 3.0
     batch_size: int = 32
     eval_batch_size: int = 128
-    warmup_ratio: float = 0.1  # linear warmup over this fraction of the steps, then linear decay
+    # Linear warmup over this fraction of the steps, then linear decay. null: the task's recipe, filled by
+    # resolve() (BERT's 0.1 for GLUE, the academic-budget recipe's 0.06 for mlm); a bare TrainConfig uses 0.1.
+    warmup_ratio: float | None = None
+    # Optimiser steps accumulate this many global batches (a large effective batch on small hardware).
+    # null: the task's recipe (1 for GLUE, 4 for mlm), filled by resolve().
+    grad_accumulation: int | None = None
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     optimizer: Literal["adamw", "adamax"] = "adamw"  # adamax: Liang et al.'s (MT-DNN's) optimiser
@@ -69,8 +74,10 @@ class TrainConfig:
                 raise ConfigError(f"{path}.{name}: {getattr(self, name)} must be positive")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"{path}.max_steps: {self.max_steps} must be a positive integer or null")
-        if not 0 <= self.warmup_ratio < 1:
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"{path}.warmup_ratio: {self.warmup_ratio} must be in [0, 1)")
+        if self.grad_accumulation is not None and self.grad_accumulation < 1:
+            raise ConfigError(f"{path}.grad_accumulation: {self.grad_accumulation} must be >= 1 or null")
         if self.weight_decay < 0:
             raise ConfigError(f"{path}.weight_decay: {self.weight_decay} must be >= 0")
         if self.threads is not None and self.threads < 1:
@@ -227,6 +234,9 @@ def resolve(cfg: TicketConfig) -> TicketConfig:
     out.per_task = {}
     if out.train.learning_rate is None:
         out.train.learning_rate = default_learning_rate(out.model)
+    for name, value in TASKS[out.task].recipe.items():  # the task's training recipe, where left null
+        if getattr(out.train, name) is None:
+            setattr(out.train, name, value)
     return out
 
 

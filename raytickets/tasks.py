@@ -12,7 +12,7 @@ import hashlib
 import math
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -50,6 +50,8 @@ class TaskSpec:
     # Chen et al. 2020 report MRPC and QQP accuracy and MNLI matched accuracy (`metrics: paper`); None = the
     # GLUE main metric above. Every metric is stored either way.
     paper_metric: str | None = None
+    # Training settings the task's recipe sets where a config leaves them null (config.resolve).
+    recipe: dict = field(default_factory=lambda: {"warmup_ratio": 0.1, "grad_accumulation": 1})
 
     def main_metric_for(self, convention: str) -> str:
         """The main metric under a convention: "glue" (the GLUE main metric) or "paper" (Chen et al.'s)."""

@@ -10,6 +10,7 @@ no per-forward hooks, so a masked step costs what a dense one does (benchmarks/m
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -50,11 +51,22 @@ def device_of(model: nn.Module) -> torch.device:
 
 
 def total_steps(num_examples: int, cfg: TrainConfig, world_size: int = 1) -> int:
-    """Optimiser steps of one fine-tuning run: from max_steps, else epochs over the global batches."""
+    """Optimiser steps of one fine-tuning run: from max_steps, else epochs over the global batches (an
+    optimiser step takes `grad_accumulation` of them)."""
     if cfg.max_steps is not None:
         return cfg.max_steps
     per_rank = math.ceil(num_examples / world_size)
-    return max(1, math.ceil(cfg.epochs * math.ceil(per_rank / cfg.batch_size)))
+    batches = math.ceil(cfg.epochs * math.ceil(per_rank / cfg.batch_size))
+    return max(1, math.ceil(batches / accumulation(cfg)))
+
+
+def accumulation(cfg: TrainConfig) -> int:
+    return cfg.grad_accumulation or 1
+
+
+def epoch_data(train_data, epoch: int):
+    """The training rows of an epoch: a dataset, or one of several pre-masked copies (`for_epoch`, MLM)."""
+    return train_data.for_epoch(epoch) if hasattr(train_data, "for_epoch") else train_data
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
@@ -74,7 +86,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
         optimizer = torch.optim.Adamax(groups, lr=cfg.learning_rate)
     else:
         optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
+    warmup = 0.1 if cfg.warmup_ratio is None else cfg.warmup_ratio  # null outside a resolved config: BERT's
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup * steps), steps)
     return optimizer, scheduler
 
 
@@ -133,14 +146,22 @@ def finetune(
     step, epoch = 0, 0
     model.train()
     bar = _progress(cfg, steps - start_step, desc)
+    acc, micro, pending = accumulation(cfg), 0, []  # micro-batches of the optimiser step under way
     while step < steps:
-        for indices, global_size in global_batches(len(train_data), cfg.batch_size, cfg.seed, epoch, shuffle=True):
+        data = epoch_data(train_data, epoch)
+        for indices, global_size in global_batches(len(data), cfg.batch_size, cfg.seed, epoch, shuffle=True):
+            micro += 1
             if step < start_step:  # the steps before the rewind point: data order only, no compute
-                step += 1
+                step, micro = (step + 1, 0) if micro == acc else (step, micro)
                 continue
-            batch = {k: v.to(device) for k, v in collate([train_data[i] for i in indices]).items()}
-            loss = net(**batch).loss
-            (loss * loss_weight(len(indices), global_size)).backward()
+            batch = {k: v.to(device) for k, v in collate([data[i] for i in indices]).items()}
+            # DDP averages gradients on the last micro-batch of a step only (no_sync before it)
+            with net.no_sync() if micro < acc and size > 1 else contextlib.nullcontext():
+                loss = net(**batch).loss
+                (loss * loss_weight(len(indices), global_size) / acc).backward()
+            pending.append(float(loss.detach()))
+            if micro < acc:
+                continue
             for p, keep in grad_masks:  # pruned weights do not exist: no gradient, no share of the clip norm
                 p.grad.mul_(keep)
             norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)))
@@ -150,8 +171,9 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             if mask is not None:
                 mask.apply(params, check=False)  # AdamW's decoupled decay must not move them either
-            step += 1
-            losses.append(float(loss.detach()))
+            step, micro = step + 1, 0
+            losses.append(sum(pending) / len(pending))
+            pending = []
             if bar is not None:
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
                 bar.update()

@@ -15,6 +15,7 @@ from raytickets.masks import Mask
 from raytickets.models import MINILM, encoder_state, load_model, load_tokenizer, prunable_parameters, snapshot
 from raytickets.pruning import random_prune
 from raytickets.tasks import collate, compute_metrics, get_task, tokenized_splits
+from conftest import MNLI_HEADER, pairs, write_stsb, write_tsv
 from raytickets.train import evaluate, finetune, make_optimizer, predict, state_copy, total_steps
 
 # Large enough that a few Adam steps visibly move a tiny random model's weights.
@@ -272,6 +273,18 @@ def test_epochs_set_the_number_of_steps(sst2, epochs, expected):
     assert res.steps == expected and len(res.losses) == expected
 
 
+def test_two_accumulated_batches_of_8_are_one_batch_of_16(sst2):
+    """grad_accumulation: an optimiser step over two micro-batches of 8 is the step over the 16 examples at once
+    (each micro-batch's mean loss weighted 1/2); steps count optimiser steps, the epoch's batches are shared."""
+    accumulated, whole = no_dropout(sst2.model()), no_dropout(sst2.model())
+    a = sst2.finetune(accumulated, TrainConfig(max_steps=2, grad_accumulation=2, **FAST))
+    b = sst2.finetune(whole, TrainConfig(max_steps=2, **{**FAST, "batch_size": 16}))
+    assert a.steps == b.steps == 2 and a.losses == pytest.approx(b.losses, rel=1e-5)
+    sa, sb = state_copy(accumulated), state_copy(whole)
+    assert all(torch.allclose(sa[n], sb[n], atol=1e-6) for n in sa)
+    assert total_steps(64, TrainConfig(epochs=1, batch_size=8, grad_accumulation=2)) == 4
+
+
 def test_max_steps_overrides_epochs_and_cycles_the_data():
     assert total_steps(20, TrainConfig(epochs=1, batch_size=8, max_steps=7)) == 7
     assert total_steps(20, TrainConfig(epochs=1, batch_size=8), world_size=2) == 2  # 10 rows a rank
@@ -329,37 +342,8 @@ def test_evaluate_equals_compute_metrics_on_one_by_one_predictions(tiny_model_di
     np.testing.assert_array_equal(got_labels, labels)
 
 
-STSB_HEADER = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"]
-MNLI_HEADER = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-               "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
-NOUNS = ["a man", "a woman", "the dog", "a child", "the cat", "two people", "a chef", "the band"]
-VERBS = ["is playing a guitar", "is cutting an onion", "runs in the park", "is eating bread",
-         "sleeps on the sofa", "rides a horse", "is reading a book", "plays the piano"]
-
-
-def pairs(n: int, seed: int):
-    """Sentence pairs with a graded overlap: identical (score 5), same subject (2.5), unrelated (0)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        a = f"{NOUNS[rng.integers(8)]} {VERBS[rng.integers(8)]}"
-        kind = i % 3
-        b = a if kind == 0 else f"{a.split(' is ')[0].split(' ')[0]} {VERBS[rng.integers(8)]}" if kind == 1 else \
-            f"{NOUNS[rng.integers(8)]} {VERBS[rng.integers(8)]}"
-        out.append((a, b, kind))
-    return out
-
-
-def write_tsv(path, header, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join("\t".join(map(str, r)) for r in [header, *rows]) + "\n", encoding="utf-8")
-
-
 def test_stsb_regression_trains_and_reports_pearson_and_spearman(tiny_model_dir, tmp_path):
-    for split, n, seed in (("train", 48, 0), ("dev", 24, 1)):
-        rows = [[i, "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", a, b,
-                 f"{(5.0, 2.5, 0.0)[kind] + 0.2 * (i % 3):.3f}"] for i, (a, b, kind) in enumerate(pairs(n, seed))]
-        write_tsv(tmp_path / "glue" / "STS-B" / f"{split}.tsv", STSB_HEADER, rows)
+    write_stsb(tmp_path / "glue", train=48, dev=24)
     data = Data(tiny_model_dir, "stsb", tmp_path / "glue", tmp_path / "cache")
     model = data.model()
     assert model.config.num_labels == 1 and model.config.problem_type == "regression"
