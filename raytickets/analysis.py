@@ -95,8 +95,10 @@ ANALYSIS_SCHEMAS: dict[str, pa.Schema] = {
     ),
     "transfer": _schema(
         ("model", _S), ("method", _S), ("setting_id", _S), ("source_task", _S), ("task", _S), ("metric_name", _S),
-        ("sparsity", _F), ("mean", _F), ("std", _F), ("seeds", _I),
-        ("ticket_sparsity", _F), ("ticket_mean", _F), ("full_mean", _F), ("vs_ticket", _F), ("vs_full", _F),
+        ("sparsity", _F), ("mean", _F), ("std", _F), ("seeds", _I), ("own_setting_id", _S),
+        ("ticket_sparsity", _F), ("ticket_mean", _F), ("ticket_std", _F), ("ticket_seeds", _I), ("random_mean", _F),
+        ("full_mean", _F), ("vs_ticket", _F), ("vs_full", _F), ("transfers", _B), ("transfers_strict", _B),
+        ("universal", _B), ("universal_strict", _B),
     ),
     "layer_sparsity": _schema(
         ("model", _S), ("method", _S), ("task", _S), ("setting_id", _S), ("ticket", _S), ("seed", _I),

@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .loader import SECTIONS, apply_overrides, build, read_yaml, to_dict
 from .tasks import MIN_SEQ_LENGTH, TASKS  # the task table; tasks imports no torch
 
-__all__ = ["DataConfig", "TrainConfig", "PruneConfig", "TicketConfig", "ParamSpec", "SearchConfig",
+__all__ = ["DataConfig", "TrainConfig", "PruneConfig", "TicketConfig", "ParamSpec", "TransferConfig", "SearchConfig",
            "ResourcesConfig", "SweepConfig", "GLUE_TASKS", "load", "resolve", "default_learning_rate",
            "apply_overrides", "build", "read_yaml", "to_dict"]
 
@@ -276,6 +276,40 @@ _SPACE_RANGES = {
 
 
 @dataclass
+class TransferConfig:
+    """Transfer as Chen et al. ran it: tickets found on source tasks (and on mlm) fine-tuned on target tasks,
+    each compared with the target's own ticket at the same sparsity and with a random mask there."""
+
+    source: str = ""  # the results root holding the source tickets (and, where there, the targets' own)
+    sources: list[str] = field(default_factory=list)  # source tasks; empty = every task with tickets in `source`
+    # Which source tickets: "matching" (each source's matching ticket, paper rule) and sparsity levels
+    levels: list[Any] = field(default_factory=lambda: ["matching", 0.5, 0.7, 0.9])
+    mask_ids: list[str] = field(default_factory=list)  # these masks instead of sources x levels
+    targets: list[str] = field(default_factory=list)  # target tasks
+    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds of every transfer run
+    random: bool = True  # a random mask at each level on each target (by the method's own rule)
+    own: bool = True  # the target's own ticket at each level: read from `source`, or trained when missing
+
+    def validate(self, path: str) -> None:
+        if not self.source:
+            raise ConfigError(f"{path}.source: the results root with the source tickets is required")
+        if "://" not in self.source and not Path(self.source).expanduser().is_dir():
+            raise ConfigError(f"{path}.source: directory {self.source!r} does not exist")
+        for name in ("sources", "targets"):
+            for t in getattr(self, name):
+                if t not in GLUE_TASKS:
+                    raise ConfigError(f"{path}.{name}: unknown task {t!r}; allowed: {', '.join(GLUE_TASKS)}")
+        if not self.targets:
+            raise ConfigError(f"{path}.targets: give at least one target task")
+        for level in self.levels:
+            if level != "matching" and (isinstance(level, bool) or not isinstance(level, (int, float))
+                                        or not 0 < level < 1):
+                raise ConfigError(f"{path}.levels: {level!r}; allowed: 'matching' or a sparsity in (0, 1)")
+        if not self.seeds:
+            raise ConfigError(f"{path}.seeds: give at least one seed")
+
+
+@dataclass
 class SearchConfig:
     mode: Literal["optuna", "grid"] = "optuna"
     # Keys are TicketConfig paths ("prune.rate"); "a,b" zips dimensions: values are [a, b] pairs, one trial each.
@@ -287,9 +321,8 @@ class SearchConfig:
     reduction_factor: int = 2
     seed: int = 0
     metric: str = "gain"  # ticket metric minus the full model's on the same task and seed
-    # transfer mode: fine-tune stored source tickets on target tasks
-    transfer_from: str | None = None  # a results directory of an earlier sweep
-    target_tasks: list[str] = field(default_factory=list)
+    # transfer mode: the trials are the transfer experiment (raytickets/transfer.py), not the space
+    transfer: TransferConfig | None = None
 
     def validate(self, path: str, ticket: TicketConfig | None = None) -> None:
         for key, spec in self.space.items():
@@ -319,11 +352,8 @@ class SearchConfig:
             raise ConfigError(f"{path}.max_concurrent_trials: {self.max_concurrent_trials} must be >= 1")
         if self.grace_period < 1 or self.reduction_factor < 2:
             raise ConfigError(f"{path}.grace_period: must be >= 1 and reduction_factor >= 2")
-        for t in self.target_tasks:
-            if t not in GLUE_TASKS:
-                raise ConfigError(f"{path}.target_tasks: unknown task {t!r}; allowed: {', '.join(GLUE_TASKS)}")
-        if self.transfer_from is not None and not self.target_tasks:
-            raise ConfigError(f"{path}.target_tasks: transfer_from needs at least one target task")
+        if self.transfer is not None:
+            self.transfer.validate(f"{path}.transfer")
 
 
 def _check_space_key(path: str, key: str, values: list | None, spec: ParamSpec) -> None:

@@ -247,23 +247,62 @@ def phase_transition(sparsities: np.ndarray, means: np.ndarray, full_mean: float
 # ---------------------------------------------------------------- transfer
 
 
+TRANSFER_TOLERANCE = 0.01  # sparsities closer than this are one level (transfer.TOLERANCE)
+
+
 def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> pd.DataFrame:
-    """Each transferred ticket (source task's mask trained on a target task) against the target's own ticket
-    of the same setting at the nearest ticket sparsity (`vs_ticket = mean - ticket_mean`) and its full model
-    (`vs_full`); null where the target has no curve of that setting."""
+    """Each transferred ticket against the target's own ticket at the same sparsity (Chen et al. 2020).
+
+    TRANSFER(S, T) is a source task's mask fine-tuned on target T, over seeds; TRANSFER(T, T) is T's own
+    ticket at the same level (the nearest ticket level within 0.01, of the same setting where T has that
+    setting, else of any setting of T: `own_setting_id` says which). Chen et al.'s rule: S's ticket
+    *transfers* to T when mean(S, T) >= mean(T, T) - std(T, T) over seeds (`transfers`; with one own seed
+    the std is 0), strictly when mean(S, T) >= mean(T, T) (`transfers_strict`). A source ticket is
+    *universal* at its level when it transfers to every target it was trained on (`universal`,
+    `universal_strict`). A random mask at the same sparsity on T (source `random`) is the floor
+    (`random_mean`); its own rows say how it compares.
+    """
     moved = values[values["kind"] == "transfer"]
     agg = level_stats(moved, ["model", "method", "source_task", "task", "setting_id", "sparsity"])
-    own = curve[curve["kind"] == "ticket"].groupby(CURVE_KEY)
+    own = curve[curve["kind"] == "ticket"]
     full_mean = full.set_index(CURVE_KEY)["full_mean"]
+    random = agg[agg["source_task"] == "random"]
     rows = []
     for r in agg.to_dict("records"):
         key = tuple(r[k] for k in CURVE_KEY)
-        ticket_sparsity, ticket_mean = math.nan, math.nan
-        if key in own.groups:
-            candidates = own.get_group(key)
-            nearest = (candidates["sparsity"] - r["sparsity"]).abs().idxmin()
-            ticket_sparsity, ticket_mean = candidates.loc[nearest, "sparsity"], candidates.loc[nearest, "mean"]
+        match = _own_level(own, r)
+        rnd = random[(random[list(CURVE_KEY)] == list(key)).all(axis=1)
+                     & ((random["sparsity"] - r["sparsity"]).abs() <= TRANSFER_TOLERANCE)]
+        own_mean = match["mean"] if match is not None else math.nan
+        own_std = (0.0 if match["seeds"] == 1 else match["std"]) if match is not None else math.nan
         fm = float(full_mean.get(key, math.nan))
-        rows.append({**r, "ticket_sparsity": ticket_sparsity, "ticket_mean": ticket_mean, "full_mean": fm,
-                     "vs_ticket": r["mean"] - ticket_mean, "vs_full": r["mean"] - fm})
-    return pd.DataFrame(rows)
+        rows.append({
+            **r, "own_setting_id": match["setting_id"] if match is not None else None,
+            "ticket_sparsity": match["sparsity"] if match is not None else math.nan, "ticket_mean": own_mean,
+            "ticket_std": own_std, "ticket_seeds": int(match["seeds"]) if match is not None else 0,
+            "random_mean": float(rnd["mean"].iloc[0]) if len(rnd) else math.nan, "full_mean": fm,
+            "vs_ticket": r["mean"] - own_mean, "vs_full": r["mean"] - fm,
+            "transfers": bool(r["mean"] >= own_mean - own_std) if match is not None else None,
+            "transfers_strict": bool(r["mean"] >= own_mean) if match is not None else None,
+        })
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    others = (out["source_task"] != out["task"]) & (out["source_task"] != "random")
+    groups = ["model", "method", "source_task", "setting_id", "sparsity"]
+    for column, rule in (("universal", "transfers"), ("universal_strict", "transfers_strict")):
+        every = out[others].groupby(groups)[rule].agg(lambda v: bool(v.notna().all() and v.astype(bool).all()))
+        out[column] = [bool(every.get(tuple(r[g] for g in groups), False)) if o else None
+                       for r, o in zip(out.to_dict("records"), others)]
+    return out
+
+
+def _own_level(own: pd.DataFrame, r: dict):
+    """The target's own ticket level nearest a transfer's sparsity (within the tolerance): same setting first."""
+    of_task = own[(own["model"] == r["model"]) & (own["method"] == r["method"]) & (own["task"] == r["task"])]
+    near = of_task[(of_task["sparsity"] - r["sparsity"]).abs() <= TRANSFER_TOLERANCE]
+    if near.empty:
+        return None
+    near = near.assign(other=near["setting_id"] != r["setting_id"], off=(near["sparsity"] - r["sparsity"]).abs())
+    return near.sort_values(["other", "off", "seeds"], ascending=[True, True, False]).iloc[0]
+

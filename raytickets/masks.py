@@ -112,6 +112,17 @@ class Mask:
                     f"does not match the parameter's {list(p.shape)}"
                 )
 
+    def extended_to(self, params: Mapping[str, torch.Tensor]) -> "Mask":
+        """This mask over the tensors `params` names: the ones it lacks are kept whole (dense); a tensor it holds
+        that `params` does not, or a shape that differs, is a MaskError (the mask is of another model)."""
+        extra = [n for n in self._tensors if n not in params]
+        if extra:
+            raise MaskError(f"mask: tensor {extra[0]!r} is not a prunable tensor of this model ({len(extra)} in all)")
+        full = Mask({n: self._tensors[n] if n in self._tensors else torch.ones(tuple(p.shape), dtype=torch.bool)
+                     for n, p in params.items()})
+        full.validate(params)
+        return full
+
     def _check_same_layout(self, other: "Mask") -> None:
         if not isinstance(other, Mask):
             raise MaskError(f"mask: cannot compare with {type(other).__name__}; expected a Mask")

@@ -87,8 +87,9 @@ def build_figures(tables: dict[str, pd.DataFrame]) -> list[tuple[str, str, bytes
                             "Jaccard / Jaccard of independent random masks (1 = chance), mean over seed and setting pairs",
                             _png(overlap_figure(sel["overlap"]))))
         if not sel["transfer"].empty:
-            figures.append((f"transfer-{tag}.png", f"Ticket transfer ({name}): target metric minus the target's own "
-                            "ticket of the same setting at the nearest sparsity (highest transferred sparsity per pair)",
+            figures.append((f"transfer-{tag}.png", f"Ticket transfer ({name}): each source ticket trained on each "
+                            "target minus the target's own ticket at that sparsity; ✓ transfers (Chen et al.: within "
+                            "one std of the own ticket), ✓✓ also strictly, ✗ not; ★ universal (transfers to every target)",
                             _png(transfer_figure(sel["transfer"]))))
         if not sel["layer_sparsity"].empty:
             notes = collapse_notes(sel)
@@ -160,22 +161,28 @@ def overlap_figure(overlap: pd.DataFrame) -> Figure:
 
 
 def transfer_figure(transfer: pd.DataFrame) -> Figure:
-    """Source × target heatmap of `vs_ticket` at each pair's highest transferred sparsity; a source is named with
-    its setting (first 8 characters of setting_id) where the transfers come from several settings."""
+    """The transfer matrix: one row per source ticket (task @ sparsity; `random` is the random mask), one column
+    per target; the colour is `vs_ticket` (TRANSFER(S, T) - TRANSFER(T, T)) and each cell is marked with Chen
+    et al.'s rule: ✓ transfers (within one std of the target's own ticket), ✓✓ also strictly, ✗ not; a source
+    that transfers to every target is starred (universal). A source is named with its setting where the
+    transfers come from several settings."""
     several = transfer["setting_id"].nunique() > 1
-    source = transfer["source_task"] + (" · " + transfer["setting_id"].str[:8] if several else "")
-    top = transfer.assign(source_task=source).sort_values("sparsity").drop_duplicates(["source_task", "task"], keep="last")
-    sources, targets = sorted(top["source_task"].unique()), sorted(top["task"].unique())
-    matrix = pd.DataFrame(np.nan, index=sources, columns=targets)
+    name = (transfer["source_task"] + " @" + (100 * transfer["sparsity"]).round().astype(int).astype(str) + "%"
+            + np.where(transfer["universal"].fillna(False).astype(bool), " ★", "")
+            + (" · " + transfer["setting_id"].str[:8] if several else ""))
+    cells = transfer.assign(source=name)
+    sources = sorted(cells["source"].unique(), key=lambda n: (n.startswith("random"), n))
+    matrix = pd.DataFrame(np.nan, index=sources, columns=sorted(cells["task"].unique()))
     labels = {}
-    for r in top.itertuples(index=False):
-        matrix.loc[r.source_task, r.task] = r.vs_ticket
-        labels[(r.source_task, r.task)] = f"{r.vs_ticket:+.3f}\n@{100 * r.sparsity:.0f}%"
+    for r in cells.itertuples(index=False):
+        matrix.loc[r.source, r.task] = r.vs_ticket
+        mark = "" if pd.isna(r.transfers) else "✓✓" if r.transfers_strict else "✓" if r.transfers else "✗"
+        labels[(r.source, r.task)] = f"{r.vs_ticket:+.3f} {mark}" if np.isfinite(r.vs_ticket) else "no own ticket"
     finite = matrix.to_numpy()[np.isfinite(matrix.to_numpy())]
     bound = float(np.abs(finite).max()) if len(finite) and np.abs(finite).max() > 0 else 1.0
-    fig = _heatmap(matrix, "target metric − own ticket", "RdBu", TwoSlopeNorm(0.0, -bound, bound), None, labels)
-    fig.axes[0].set_xlabel("target task")
-    fig.axes[0].set_ylabel("source task (mask)")
+    fig = _heatmap(matrix, "TRANSFER(S, T) − TRANSFER(T, T)", "RdBu", TwoSlopeNorm(0.0, -bound, bound), None, labels)
+    fig.axes[0].set_xlabel("target task T")
+    fig.axes[0].set_ylabel("source ticket S (task @ sparsity; ★ universal)")
     return fig
 
 

@@ -16,18 +16,22 @@ import copy
 import dataclasses
 import functools
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
 
 from . import config
 from .cluster import check_resources, check_storage, connect, trial_resources
 from .config import SweepConfig
 from .errors import ConfigError, RayticketsError
-from .trial import TRANSFER_KEY, TransferPair, results_dir, sweep_dir, transfer_pairs, trial_driver, work_dir
+from .transfer import job_of, plan as transfer_plan
+from .trial import JOB_KEY, results_dir, sweep_dir, trial_driver, work_dir
+from .trial import remove_leftover_placement_groups
 
 MAX_ROUNDS = 1000  # ASHA's max_t: above any trajectory's last round
 
@@ -53,8 +57,8 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
         cfg.ticket.model = _absolute(cfg.ticket.model)
     if cfg.results_dir:
         cfg.results_dir = _absolute(cfg.results_dir)
-    if cfg.search.transfer_from:
-        cfg.search.transfer_from = _absolute(cfg.search.transfer_from)
+    if cfg.search.transfer:
+        cfg.search.transfer.source = _absolute(cfg.search.transfer.source)
     return cfg
 
 
@@ -86,8 +90,8 @@ def _grid_values(spec) -> list:
 
 def task_of(default: str, trial_config: dict) -> str:
     """The task a trial trains (its ASHA group): sampled, a transfer target, or the template's."""
-    if TRANSFER_KEY in trial_config:
-        return TransferPair(**trial_config[TRANSFER_KEY]).task
+    if JOB_KEY in trial_config:
+        return job_of(trial_config[JOB_KEY]).task
     return trial_config.get("task", default)
 
 
@@ -106,6 +110,46 @@ class PerTaskASHA(ASHAScheduler):
         super().on_trial_add(tune_controller, trial)  # validates metric/mode, picks a bracket index
         brackets = self._groups.setdefault(self._group_of(trial.config), copy.deepcopy(self._empty))
         self._trial_info[trial.trial_id] = brackets[self._brackets.index(self._trial_info[trial.trial_id])]
+
+
+class PlacementGroupSweeper(Callback):
+    """Removes the placement groups that ended trials' Train runs leave behind (ray-project/ray#54305), which
+    would hold their CPUs and hang the next trial. A trial stopped by ASHA is terminated by Tune, so its driver
+    may never reach its own check (`trial.trial_driver`). Checked when a trial ends (finished, stopped, errored
+    or about to be retried) and, as its controller dies a moment after Tune decides, every few seconds for a
+    while after; once more when the sweep ends. Only placement groups whose controller is dead are removed."""
+
+    def __init__(self, linger_s: float = 60.0, every_s: float = 2.0):
+        self.linger_s, self.every_s = linger_s, every_s
+        self._owners: dict[str, str] = {}  # a trial's own placement group (its reports say it) -> trial id
+        self._until = self._last = 0.0
+
+    def _ended(self, trial) -> None:
+        if pg := (trial.last_result or {}).get("trial_placement_group"):
+            self._owners[pg] = trial.trial_id
+        self._until = time.monotonic() + self.linger_s
+        self._sweep()
+
+    def _sweep(self) -> None:
+        self._last = time.monotonic()
+        remove_leftover_placement_groups(owners=self._owners)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        now = time.monotonic()
+        if now < self._until and now - self._last >= self.every_s:
+            self._sweep()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._sweep()
 
 
 def make_tuner(cfg: SweepConfig, space: dict, restore: bool = False):
@@ -140,6 +184,7 @@ def make_tuner(cfg: SweepConfig, space: dict, restore: bool = False):
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=cfg.storage_path,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures), verbose=1,
+            callbacks=[PlacementGroupSweeper()],
         ),
     )
 
@@ -200,8 +245,8 @@ def run(cfg: SweepConfig, address: str | None = None, resume: bool = False, temp
         raise ConfigError(f"--resume: {sweep_dir(cfg)!r} holds no sweep to resume")
     check_storage(sweep_dir(cfg))
     space = param_space(cfg)
-    if cfg.search.transfer_from:
-        space[TRANSFER_KEY] = tune.grid_search(transfer_pairs(cfg))
+    if cfg.search.transfer:
+        space[JOB_KEY] = tune.grid_search(transfer_plan(cfg))
     context = connect(address, cfg, temp_dir, dashboard_port)
     check_resources(cfg)
     if context is not None and getattr(context, "dashboard_url", None):
@@ -223,15 +268,24 @@ def run(cfg: SweepConfig, address: str | None = None, resume: bool = False, temp
         print(f"kept weights: {files} round(s), {mb:.1f} MB each (ticket.keep_weights={cfg.ticket.keep_weights})")
     print(f"results: {results_dir(cfg)}", flush=True)
     if errors:
-        raise RayticketsError(f"{len(errors)} trial(s) failed; first: {str(errors[0]).splitlines()[0]}")
+        raise RayticketsError(f"{len(errors)} trial(s) failed; first: {root_cause(errors[0])}")
     return best
+
+
+def root_cause(error: BaseException) -> str:
+    """A trial's failure in one line: the last `SomeError: message` line of Ray's error text (its first line
+    only names Ray's actor, in colour codes), e.g. `OSError: [Errno 28] No space left on device`."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt): ", line)]
+    return (causes or lines or [type(error).__name__])[-1]
 
 
 def _tasks(cfg: SweepConfig) -> list[str]:
     tasks = {cfg.ticket.task}
     if "task" in cfg.search.space and cfg.search.space["task"].values:
         tasks = set(cfg.search.space["task"].values)
-    tasks |= set(cfg.search.target_tasks)
+    if cfg.search.transfer:
+        tasks |= set(cfg.search.transfer.targets)
     return sorted(tasks)
 
 

@@ -26,7 +26,7 @@ from .distributed import agree, barrier, gather, rank_batches, reduce_sum, sync_
 from .errors import ConfigError
 from .masks import Mask
 from .models import check_patterns, default_include, encoder, load_model, load_tokenizer, prunable_parameters, resolve_model
-from .pruning import PruneContext
+from .pruning import PruneContext, random_prune
 from .rows import RoundRow
 from .tasks import TaskSpec, collate, flat_metrics, get_task, tokenized_splits
 from .train import FinetuneResult, finetune, state_copy, total_steps
@@ -330,14 +330,24 @@ class Trajectory:
         return replace(state, mask=mask, weights=weights, chains=chained)
 
     # -- transfer ------------------------------------------------------------------------------------
-    def transfer(self, mask: Mask, source_task: str, source_mask_id: str, on_round: RoundCallback | None = None,
-                 ) -> list[RoundRow]:
-        """Fine-tune a ticket found on `source_task` on this trajectory's task, from its rewind point."""
+    def transfer(self, mask: Mask | None, source_task: str, source_mask_id: str | None, level: float | None = None,
+                 on_round: RoundCallback | None = None) -> list[RoundRow]:
+        """Fine-tune a ticket found on `source_task` on this trajectory's task, from its rewind point; with no
+        mask, a random one at `level` (the random floor of a transfer). Prunable tensors the source mask lacks
+        (an MLM ticket has no pooler) stay dense."""
         prep = self._prepare()
         params = prunable_of(self.cfg, prep.model)
-        mask.validate(params)
         full, rewind = self._full_model(prep)
         self._emit(on_round, full)
+        if mask is None:
+            if self.method.whole_units:
+                raise ConfigError("search.transfer.random: random transfer masks are unstructured; set random: false "
+                                  f"for {self.cfg.prune.method!r} tickets")
+            ctx = self._pruning_on(prep, params, rewind.state, salt=700_001)
+            mask = random_prune(Mask.ones_like(params), level, "global", ctx.generator)
+            source_mask_id = mask.mask_id
+        else:
+            mask = mask.extended_to(params)
         started = _now()
         res = self._train(prep, params, mask, rewind, f"transfer from {source_task}")
         row = replace(self._row(1, "transfer", mask.sparsity(), res, mask, started, full.rows[0].metric),

@@ -3,28 +3,19 @@
 Ray 2.60's Train V2 cannot hand a TorchTrainer to a Tuner, so the trial driver builds the trainer and
 calls `fit()`; the workers start once per trial and run every round (a fit costs ~25 s of start-up on 2
 cores: ../shared/RAY_NOTES.md). The sweep's config crosses the Ray boundary as one plain dict and each
-process rebuilds it once; a transfer trial's (mask, source, target) travels as a `TransferPair`.
+process rebuilds it once; a transfer trial's job (`transfer.TransferJob` / `OwnJob`) travels as a dict.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .config import SweepConfig, TicketConfig
 from .loader import apply_overrides, build, to_dict
+from .transfer import OwnJob, TransferJob, job_of, overrides_of
 
-TRANSFER_KEY = "transfer"  # search-space key of a transfer trial: a TransferPair as a dict
-
-
-@dataclass(frozen=True)
-class TransferPair:
-    """A stored ticket (`mask_id`, found on `source_task`) to fine-tune on `task`."""
-
-    mask_id: str
-    source_task: str
-    task: str
+JOB_KEY = "job"  # search-space key of a transfer sweep's trials: a transfer job as a dict (transfer.plan)
 
 
 def sweep_dir(cfg: SweepConfig) -> str:
@@ -45,10 +36,10 @@ def results_dir(cfg: SweepConfig) -> str:
 
 def trial_ticket(cfg: SweepConfig, params: dict) -> TicketConfig:
     """The trajectory a trial runs: the sweep's ticket template with the sampled parameters applied."""
-    overrides = [f"{part}={json.dumps(value)}" for k, v in params.items() if k != TRANSFER_KEY
+    overrides = [f"{part}={json.dumps(value)}" for k, v in params.items() if k != JOB_KEY
                  for part, value in (zip(k.split(","), v) if "," in k else [(k, v)])]
-    if TRANSFER_KEY in params:
-        overrides.append(f"task={json.dumps(TransferPair(**params[TRANSFER_KEY]).task)}")
+    if JOB_KEY in params:
+        overrides += overrides_of(job_of(params[JOB_KEY]))
     ticket = build(TicketConfig, apply_overrides(to_dict(cfg.ticket), overrides))
     ticket.validate()
     return ticket
@@ -65,10 +56,12 @@ def trial_driver(params: dict, sweep: dict) -> None:
 
     cfg = build(SweepConfig, sweep)
     trial_id = tune.get_context().get_trial_id()
+    own = ray.util.get_current_placement_group()  # Tune's for this trial; the Train controller runs inside it
+    trial_pg = own.id.hex() if own is not None else None
     r = cfg.resources
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"sweep": sweep, "params": params, "trial": trial_id},
+        train_loop_config={"sweep": sweep, "params": params, "trial": trial_id, "trial_pg": trial_pg},
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=trial_resources(cfg)
         ),
@@ -80,7 +73,66 @@ def trial_driver(params: dict, sweep: dict) -> None:
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:  # the run is over: nothing of it may hold the cluster (ray-project/ray#54305)
+        if trial_pg is not None:
+            remove_leftover_placement_groups(trial_pg, owners={trial_pg: trial_id})
+
+
+TRAIN_CONTROLLER = "TrainController"  # Ray 2.60's class of the actor that creates a Train run's placement group
+
+
+def leftover_placement_groups(trial_pg: str | None = None) -> list[tuple[str, str]]:
+    """(placement group, Tune trial placement group it belongs to) of every live placement group that a Ray Train
+    controller of this Ray job created and no longer manages: the controller is dead or, given `trial_pg` (a trial
+    driver whose `fit()` has ended), the controller ran inside that trial's own placement group.
+
+    Train V2 names none of its placement groups (2.60: `WorkerGroup._create_placement_group`), but the GCS records
+    each one's creator: the controller, which Tune places inside the trial's placement group. One whose creator
+    died lives on until the job ends (ray-project/ray#54305). Read through `ray._private.state`: the public
+    `ray.util.placement_group_table()` leaves the creator out.
+    """
+    import ray
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    gcs = state._connect_and_get_accessor()
+    job = ray.get_runtime_context().get_job_id()
+    found = []
+    for raw in gcs.get_placement_group_table():
+        pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        if pg.state == pg.REMOVED or pg.is_detached or pg.creator_job_id.hex() != job:
+            continue
+        creator = ray.ActorID(pg.creator_actor_id)
+        info = None if creator.is_nil() else gcs.get_actor_info(creator)
+        if info is None:
+            continue  # made by a driver (Tune's trial placement groups), not by an actor
+        actor = gcs_pb2.ActorTableData.FromString(info)
+        home = actor.placement_group_id.hex()
+        if actor.class_name == TRAIN_CONTROLLER and (pg.creator_actor_dead or (trial_pg is not None and home == trial_pg)):
+            found.append((pg.placement_group_id.hex(), home))
+    return found
+
+
+def remove_leftover_placement_groups(trial_pg: str | None = None, owners: dict[str, str] | None = None) -> list[str]:
+    """Remove what `leftover_placement_groups(trial_pg)` finds, one log line each; `owners` (Tune trial placement
+    group -> trial id) names the trial. Never raises: a failed check must not fail a trial or the sweep."""
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    removed = []
+    try:
+        for pg_id, home in leftover_placement_groups(trial_pg):
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+            trial = (owners or {}).get(home, f"of placement group {home or '(none)'}")
+            print(f"removed placement group {pg_id} left behind by trial {trial}'s Train run "
+                  "(ray-project/ray#54305)", flush=True)
+            removed.append(pg_id)
+    except Exception as exc:  # noqa: BLE001 — e.g. the GCS unreachable while the cluster goes down
+        print(f"warning: could not check for leftover placement groups: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+              flush=True)
+    return removed
 
 
 def worker_loop(config: dict) -> None:
@@ -121,28 +173,13 @@ def worker_loop(config: dict) -> None:
             # every DDP rank's mask id for this round (empty when the round was loaded from disk)
             "replica_mask_ids": ",".join(traj.replica_mask_ids.get(state.round, [])),
             "node_id": ray.get_runtime_context().get_node_id(),
+            "trial_placement_group": config.get("trial_pg"),  # names the trial in sweep.PlacementGroupSweeper's log
         })
 
-    params = config["params"]
-    if TRANSFER_KEY in params:
-        pair = TransferPair(**params[TRANSFER_KEY])
-        source = ResultsStore(cfg.search.transfer_from)
-        traj.transfer(source.load_mask(pair.mask_id), pair.source_task, pair.mask_id, on_round=on_round)
-    else:
+    job = job_of(config["params"].get(JOB_KEY, {}))
+    if isinstance(job, TransferJob):
+        mask = ResultsStore(cfg.search.transfer.source).load_mask(job.mask_id) if job.mask_id else None
+        traj.transfer(mask, job.source_task, job.mask_id, level=job.level, on_round=on_round)
+    else:  # an ordinary trajectory, or a transfer target's own ticket (OwnJob: it stops at the level)
         traj.run(on_round=on_round)
         recorder.finish(traj)
-
-
-def transfer_pairs(cfg: SweepConfig) -> list[dict]:
-    """Every (stored source ticket, target task) pair of a transfer sweep, source task != target task."""
-    from .errors import ConfigError
-    from .store import ResultsStore
-
-    rounds = ResultsStore(cfg.search.transfer_from).rounds()
-    tickets = rounds[(rounds["kind"] == "ticket") & rounds["mask_id"].notna()]
-    pairs = []
-    for (mask_id, task), _ in tickets.groupby(["mask_id", "task"], sort=True):
-        pairs += [asdict(TransferPair(mask_id, task, t)) for t in cfg.search.target_tasks if t != task]
-    if not pairs:
-        raise ConfigError(f"search.transfer_from: {cfg.search.transfer_from!r} holds no ticket of a task other than the targets")
-    return pairs
