@@ -63,6 +63,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     optimizer: Literal["adamw", "adamax"] = "adamw"  # adamax: Liang et al.'s (MT-DNN's) optimiser
+    # Compute dtype of training, evaluation and importance scoring (weights, mask and optimiser stay fp32).
+    # null: bf16 where the hardware has it natively (CUDA capability >= 8, a CPU with AMX), else fp32;
+    # a trajectory fixes it for its device before its run id is computed (precision.resolve).
+    precision: Literal["fp32", "bf16", "fp16"] | None = None
     max_steps: int | None = None  # overrides epochs when set
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None = torch's default

@@ -26,6 +26,7 @@ from .distributed import agree, barrier, gather, rank_batches, reduce_sum, sync_
 from .errors import ConfigError
 from .masks import Mask
 from .models import check_patterns, default_include, encoder, load_model, load_tokenizer, prunable_parameters, resolve_model
+from .precision import autocast, resolve as resolve_precision
 from .pruning import PruneContext, random_prune
 from .rows import RoundRow
 from .tasks import TaskSpec, collate, flat_metrics, get_task, tokenized_splits
@@ -129,11 +130,12 @@ class Trajectory:
     def __init__(self, cfg: TicketConfig, root: str | Path, device: torch.device | str = "cpu"):
         cfg.validate()
         self.cfg = resolve(cfg)
+        self.device = torch.device(device)
+        self.cfg.train.precision = resolve_precision(self.cfg.train.precision, self.device)  # enters the run id
         self.layout = runs.RunLayout(self.cfg, root)
         self.method = self.layout.method
         self.id, self.dir, self.full_dir = self.layout.id, self.layout.dir, self.layout.full_dir
         self.round_dir, self.done_rounds = self.layout.round_dir, self.layout.done_rounds
-        self.device = torch.device(device)
         self.rank = world()[0]
         self.replica_mask_ids: dict[int, list[str]] = {}  # round -> every rank's mask id
 
@@ -235,7 +237,7 @@ class Trajectory:
             model=prep.model, params=params,
             batches=lambda n: rank_batches(prep.train, prep.collate, train.batch_size, train.seed, 0, True, n),
             generator=torch.Generator().manual_seed(train.seed * 1_000 + salt), reduce=reduce_sum,
-            world_size=world()[1],
+            world_size=world()[1], autocast=lambda: autocast(train.precision, self.device),
         )
 
     def _train(self, prep: Prepared, params, mask: Mask, point: RewindPoint, desc: str) -> FinetuneResult:

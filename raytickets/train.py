@@ -27,6 +27,7 @@ from .config import TrainConfig
 from .distributed import global_batches, loss_weight, world
 from .errors import ConfigError
 from .masks import Mask
+from .precision import autocast, resolve as resolve_precision, scaler as make_scaler
 from .tasks import TaskSpec, chance_metrics, compute_metrics
 
 
@@ -136,6 +137,8 @@ def finetune(
         scheduler.step()
     net = _wrap_ddp(model)
     device = device_of(model)
+    precision = resolve_precision(cfg.precision, device)
+    scaler = make_scaler(precision, device)
     torch.manual_seed(cfg.seed)
     rewind = state_copy(model) if capture_step == 0 else None
     grad_masks = _grad_masks(mask, params)
@@ -157,16 +160,24 @@ def finetune(
             batch = {k: v.to(device) for k, v in collate([data[i] for i in indices]).items()}
             # DDP averages gradients on the last micro-batch of a step only (no_sync before it)
             with net.no_sync() if micro < acc and size > 1 else contextlib.nullcontext():
-                loss = net(**batch).loss
-                (loss * loss_weight(len(indices), global_size) / acc).backward()
+                with autocast(precision, device):
+                    loss = net(**batch).loss
+                scaled = loss.float() * loss_weight(len(indices), global_size) / acc
+                (scaler.scale(scaled) if scaler else scaled).backward()
             pending.append(float(loss.detach()))
             if micro < acc:
                 continue
+            if scaler:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             for p, keep in grad_masks:  # pruned weights do not exist: no gradient, no share of the clip norm
                 p.grad.mul_(keep)
             norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)))
             rates.append(scheduler.get_last_lr()[0])
-            optimizer.step()
+            if scaler:
+                scaler.step(optimizer)  # skips a step whose gradients overflowed
+                scaler.update()
+            else:
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if mask is not None:
@@ -186,7 +197,8 @@ def finetune(
         epoch += 1
     if bar is not None:
         bar.close()
-    metrics, chance = evaluate(model, task, dev_data, collate, cfg.eval_batch_size, with_chance=True)
+    metrics, chance = evaluate(model, task, dev_data, collate, cfg.eval_batch_size, with_chance=True,
+                               precision=precision)
     return FinetuneResult(metrics, steps - start_step, time.perf_counter() - started, rewind, losses, rates, norms,
                           chance)
 
@@ -218,7 +230,8 @@ def _wrap_ddp(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset, collate: Callable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, dataset, collate: Callable, batch_size: int, precision: str = "fp32",
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels for this rank's shard of `dataset`, gathered to every rank in dataset order."""
     rank, size = world()
     was_training = model.training
@@ -228,7 +241,8 @@ def predict(model: nn.Module, dataset, collate: Callable, batch_size: int) -> tu
     logits, labels = [], []
     for batch in DataLoader(Subset(dataset, indices), batch_size=batch_size, collate_fn=collate):
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        with autocast(precision, device):
+            out = model(**{k: v for k, v in batch.items() if k != "labels"})
         logits.append(out.logits.float().cpu().numpy())
         labels.append(batch["labels"].cpu().numpy())
     model.train(was_training)
@@ -245,7 +259,7 @@ def predict(model: nn.Module, dataset, collate: Callable, batch_size: int) -> tu
 
 
 def evaluate(model: nn.Module, task: TaskSpec, dev_data: Mapping[str, object], collate, batch_size: int,
-             with_chance: bool = False):
+             with_chance: bool = False, precision: str = "fp32"):
     """The task's official metrics on every dev split; with several (MNLI), `split/metric` keys too.
 
     `with_chance`: also the same metrics of a constant predictor (the majority class; 0 for correlations),
@@ -254,7 +268,7 @@ def evaluate(model: nn.Module, task: TaskSpec, dev_data: Mapping[str, object], c
     metrics: dict[str, float] = {}
     chance: dict[str, float] = {}
     for split, dataset in dev_data.items():
-        logits, labels = predict(model, dataset, collate, batch_size)
+        logits, labels = predict(model, dataset, collate, batch_size, precision)
         m, c = compute_metrics(task, logits, labels), chance_metrics(task, labels)
         prefix = "" if len(dev_data) == 1 else f"{split}/"
         metrics.update({f"{prefix}{k}": v for k, v in m.items()})

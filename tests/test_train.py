@@ -158,6 +158,24 @@ def first_epoch_generator() -> torch.Generator:
     return g
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_fp32_weights_under_the_mask(sst2, precision):
+    """Autocast computes in bf16/fp16 (fp16 with a loss scaler); the weights, the mask and the optimiser stay
+    fp32, so pruned weights are still exactly 0 and the run lands near the fp32 run."""
+    model = no_dropout(sst2.model())
+    params = prunable_parameters(model)
+    mask = random_mask(params)
+    res = sst2.finetune(model, TrainConfig(max_steps=4, precision=precision, **FAST), mask=mask, params=params)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    for name, p in params.items():
+        assert torch.count_nonzero(p.detach()[~mask.tensors[name]]) == 0, name
+    reference = no_dropout(sst2.model())
+    ref = sst2.finetune(reference, TrainConfig(max_steps=4, precision="fp32", **FAST), mask=mask,
+                        params=prunable_parameters(reference))
+    assert all(math.isfinite(l) for l in res.losses) and res.losses[0] == pytest.approx(ref.losses[0], abs=0.05)
+    assert res.losses != ref.losses  # it did compute in another precision
+
+
 def test_masked_finetune_with_a_dense_mask_changes_every_prunable_tensor(sst2):
     model = sst2.model()
     params = prunable_parameters(model)

@@ -5,6 +5,7 @@ choice: every row of every matrix keeps the same fraction)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
@@ -37,7 +38,7 @@ class Activation(ScheduleMethod):
     row_fields = (*ScheduleMethod.row_fields, "losing")
 
     def scores(self, ctx: PruneContext) -> Mapping[str, torch.Tensor]:
-        norms = input_norms(ctx.model, ctx.params, ctx.batches(self.hp.calibration_batches), ctx.reduce)
+        norms = input_norms(ctx.model, ctx.params, ctx.batches(self.hp.calibration_batches), ctx.reduce, ctx.autocast)
         return {n: p.detach().abs().float().cpu() * norms[n] for n, p in ctx.params.items()}
 
     def select(self, ctx: PruneContext, current: Mask, target: float) -> Mask:
@@ -54,7 +55,7 @@ class Activation(ScheduleMethod):
 
 
 def input_norms(model: torch.nn.Module, params: Mapping[str, torch.Tensor], batches, reduce=None,
-                ) -> dict[str, torch.Tensor]:
+                autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
     """‖x_j‖₂ over every (non-padding) token of the batches, per input feature of each prunable matrix,
     broadcastable to the weight [out, in]; a 1-D tensor (a bias) gets 1s: there is no input to weigh it by.
 
@@ -82,7 +83,8 @@ def input_norms(model: torch.nn.Module, params: Mapping[str, torch.Tensor], batc
             for batch in batches:
                 inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
                 token_mask[:] = [inputs["attention_mask"]] if "attention_mask" in inputs else []
-                model(**inputs)
+                with autocast():
+                    model(**inputs)
     finally:
         for handle in handles:
             handle.remove()

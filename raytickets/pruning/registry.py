@@ -21,6 +21,7 @@ A method declares:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class PruneContext:
     generator: Any  # a seeded torch.Generator, for random choices
     reduce: Callable[[Any], Any] = lambda t: t  # sum over DDP ranks; identity in one process
     world_size: int = 1
+    autocast: Callable[[], Any] = contextlib.nullcontext  # the forward passes' precision (train.precision)
 
 
 class Method:

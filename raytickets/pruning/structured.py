@@ -80,7 +80,7 @@ class Structured(Method):
 
     def importance(self, ctx: PruneContext) -> "StructuredImportance":
         return structured_importance(ctx.model, ctx.batches(self.hp.importance_batches), self.hp.normalize_importance,
-                                     self.hp.importance, ctx.reduce)
+                                     self.hp.importance, ctx.reduce, ctx.autocast)
 
     def select(self, ctx: PruneContext, current: Mask, target: tuple[float, float]) -> Mask:
         self.last_importance = self.importance(ctx)
@@ -176,7 +176,7 @@ def per_example_loss(model: torch.nn.Module, logits: torch.Tensor, labels: torch
 
 def structured_importance(
     model: torch.nn.Module, batches: Iterable[dict], normalize: bool = True, mode: str = "per_example",
-    reduce=None,
+    reduce=None, autocast=contextlib.nullcontext,
 ) -> StructuredImportance:
     """Summed over batches: |dL(x)/dg| per example (`per_example`) or |dL(batch)/dg| (`per_batch`), for every
     head, intermediate neuron and whole FFN sublayer.
@@ -206,8 +206,8 @@ def structured_importance(
                 size = labels.shape[0]
                 shapes = ((size, L, H), (size, L, I), (size, L)) if mode == "per_example" else ((L, H), (L, I), (L,))
                 gates = [torch.ones(s, device=device, requires_grad=True) for s in shapes]
-                with _gates(model, *gates):
-                    losses = per_example_loss(model, model(**inputs).logits, labels)
+                with _gates(model, *gates), autocast():
+                    losses = per_example_loss(model, model(**inputs).logits.float(), labels)
                 grads = torch.autograd.grad(losses.sum(), gates)  # per-example gates: row b is dL(x_b)/dg
                 if mode == "per_example":
                     for total, grad in zip(totals, grads):

@@ -4,6 +4,7 @@ training batches of the fine-tuned model."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -34,11 +35,11 @@ class Taylor(ScheduleMethod):
     row_fields = (*ScheduleMethod.row_fields, "losing")
 
     def scores(self, ctx: PruneContext) -> Mapping[str, torch.Tensor]:
-        return taylor_scores(ctx.model, ctx.params, ctx.batches(self.hp.importance_batches), ctx.reduce)
+        return taylor_scores(ctx.model, ctx.params, ctx.batches(self.hp.importance_batches), ctx.reduce, ctx.autocast)
 
 
 def taylor_scores(model: torch.nn.Module, params: Mapping[str, torch.Tensor], batches, reduce=None,
-                  ) -> dict[str, torch.Tensor]:
+                  autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
     """Σ_batches |w ⊙ ∂L(batch)/∂w| for every prunable tensor, L the batch's mean loss, dropout off.
 
     Under DDP each rank holds part of every global batch: the gradients of the parts' summed losses are
@@ -55,7 +56,8 @@ def taylor_scores(model: torch.nn.Module, params: Mapping[str, torch.Tensor], ba
         with torch.enable_grad():
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
-                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                with autocast():
+                    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
                 loss = per_example_loss(model, logits, batch["labels"]).sum()
                 grads = torch.autograd.grad(loss, tensors)
                 size = reduce(torch.tensor(float(batch["labels"].shape[0]), device=device))
