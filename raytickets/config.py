@@ -295,10 +295,8 @@ class TransferConfig:
     own: bool = True  # the target's own ticket at each level: read from `source`, or trained when missing
 
     def validate(self, path: str) -> None:
-        if not self.source:
+        if not self.source:  # whether it holds tickets is checked when the trials are planned (transfer.plan)
             raise ConfigError(f"{path}.source: the results root with the source tickets is required")
-        if "://" not in self.source and not Path(self.source).expanduser().is_dir():
-            raise ConfigError(f"{path}.source: directory {self.source!r} does not exist")
         for name in ("sources", "targets"):
             for t in getattr(self, name):
                 if t not in GLUE_TASKS:

@@ -11,6 +11,7 @@ root has none, trained by a trajectory trial on the target that stops exactly th
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -49,6 +50,8 @@ def plan(cfg: SweepConfig) -> list[dict]:
     """The trials of a transfer sweep as Tune grid values ({"transfer": ...} or {"own": ...}); bad input is one
     line naming the field before any training."""
     t = cfg.search.transfer
+    if "://" not in t.source and not Path(t.source).is_dir():
+        raise ConfigError(f"search.transfer.source: directory {t.source!r} does not exist (run the source sweep first)")
     rounds = ResultsStore(t.source).rounds()
     tickets = rounds[(rounds["kind"] == "ticket") & rounds["mask_id"].notna()]
     _check_model(t, tickets, cfg.ticket.model)

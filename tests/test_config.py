@@ -129,8 +129,6 @@ def test_bad_ticket_field_is_one_line_naming_field_value_and_allowed(override, e
         (["search.mode=random"], ["search.mode:", "'random'", "allowed: optuna, grid"]),
         (["search.transfer.source=/tmp", "search.transfer.targets=[sst2, nope]"],
          ["search.transfer.targets:", "'nope'", "allowed: cola"]),
-        (["search.transfer.source=/no/such/root", "search.transfer.targets=[sst2]"],
-         ["search.transfer.source:", "'/no/such/root'", "does not exist"]),
         (["search.transfer.source=/tmp", "search.transfer.targets=[sst2]", "search.transfer.levels=[1.5]"],
          ["search.transfer.levels:", "1.5", "'matching' or a sparsity in (0, 1)"]),
         (["resources.num_workers=0"], ["resources.num_workers:", "0", ">= 1"]),

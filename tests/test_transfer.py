@@ -79,6 +79,11 @@ def test_a_source_not_in_the_results_root_is_one_line(tmp_path, overrides, messa
     assert "\n" not in str(info.value)
 
 
+def test_a_missing_source_root_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"search.transfer.source: directory '.*/nope' does not exist"):
+        plan(sweep(tmp_path / "nope", "search.transfer.targets=[rte]"))
+
+
 def test_a_target_of_another_model_is_one_line(tmp_path):
     ticket_root(tmp_path, model="bert-base")
     with pytest.raises(ConfigError, match=r"holds tickets of model bert-base; the sweep trains 'minilm'"):
