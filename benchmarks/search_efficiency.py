@@ -28,8 +28,8 @@ fine-tune), with a learning rate of 4e-4: at 5e-5 MiniLM predicts one class on S
 every level ties. At this size RTE stays at chance (~0.5; so does MRPC at 1024 examples, and CoLA's
 Matthews is 0): it never crosses `min_gain`, so the search walks it as deep as its targets go, and its
 best level is a noise peak. "Located" is therefore judged on the tasks where the grid has a super ticket
-the analysis module calls significant (one-sided Welch test of the best level against the full model
-over seeds, p < `--alpha`); every task's figures are printed either way, with each grid seed's own best
+the analysis module calls significant (its selection-aware p: a paired test of the best level against the
+full model over seeds, Holm-adjusted over the levels, p < `--alpha`); every task's figures are printed either way, with each grid seed's own best
 level (what a one-curve search could at most find on that seed).
 
 Level means follow the analysis module's rule: a seed's value at a level is the mean of its rows
@@ -176,10 +176,12 @@ def located(search_best: dict[str, int], grid_best: dict[str, int], tolerance: i
 
 
 def grid_super_tickets(grid_raw: pd.DataFrame) -> dict[str, tuple[float, float]]:
-    """Per task: the analysis module's super ticket of the grid (sparsity, one-sided Welch p over seeds)."""
-    table = analysis.super_tickets(analysis.seed_values(grid_raw), analysis.full_model(grid_raw))
+    """Per task: the analysis module's super ticket of the grid (sparsity, selection-aware p over seeds)."""
+    from raytickets.curves import scored
+
+    table = analysis.findings(scored(grid_raw))["super_tickets"]
     best = table[table["is_super"]] if len(table) else table
-    return {row.task: (float(row.super_sparsity), float(row.p_value)) for row in best.itertuples()}
+    return {row.task: (float(row.super_sparsity), float(row.p_selection)) for row in best.itertuples()}
 
 
 def steps_to_locate(rows: pd.DataFrame, grid_levels, grid_best, tolerance) -> int | None:
@@ -205,7 +207,7 @@ def report(args) -> None:
     grid_best, search_best = best_levels(grid_tickets), best_levels(search_tickets)
     found = located(search_best, grid_best, args.tolerance)
     # A task has a super ticket to locate when the grid shows one the analysis module calls significant
-    # (its best level beats the full model over seeds, one-sided Welch p < alpha); at chance (RTE at CPU
+    # (its best level beats the full model over seeds, selection-aware p < alpha); at chance (RTE at CPU
     # sizes) the grid's "best" level is a noise peak that its own seeds do not reproduce.
     significant = grid_super_tickets(grid_raw)
     has_super = {t: t in significant and significant[t][1] < args.alpha for t in grid_best}

@@ -5,8 +5,8 @@ one mode after the other in this one process:
   sweep - `raytickets.sweep.run`: embedded local Ray (private temp dir, free dashboard port), grid
           search, no scheduler, one Ray Train worker per trial (the trial driver + worker shape of
           configs/smoke.yaml);
-  loop  - `Trajectory(cfg, root).run()` for the very same trial configs (`sweep.trial_ticket_config`),
-          one after another, writing the same Parquet rows, masks and ticket rows as a sweep worker.
+  loop  - `Trajectory(cfg, root).run()` for the very same trial configs (`trial.trial_ticket`), one after
+          another, writing the same Parquet rows, masks and ticket rows as a sweep worker (`results.Recorder`).
 Each mode has its own root (trajectory state, full-model cache, tokenised data), shared by its own
 trials the same way, so each mode trains the full model once and every round once.
 
@@ -85,33 +85,30 @@ def run_sweep(cfg, temp_dir: str, port: int) -> dict:
     sweep.run(cfg, temp_dir=temp_dir, dashboard_port=port)
     ray.shutdown()  # a user's sweep ends with its Ray too: part of the cost
     wall = time.perf_counter() - started
-    return {"wall": wall, "rounds": ResultsStore(sweep.results_dir(cfg)).rounds()}
+    from raytickets.trial import results_dir
+
+    return {"wall": wall, "rounds": ResultsStore(results_dir(cfg)).rounds()}
 
 
 def run_loop(cfg, root: Path, rates: list[float], threads: int) -> dict:
     """The same trajectories in this process, storing rows, masks and ticket rows as a sweep worker does."""
     import torch
 
+    from raytickets.results import Recorder
     from raytickets.tickets import Trajectory
+    from raytickets.trial import trial_ticket
 
     torch.set_num_threads(threads)  # what the sweep's worker uses (round(cpus_per_worker))
     store = ResultsStore(root / "results")
     started = time.perf_counter()
     for i, rate in enumerate(rates):
-        ticket = sweep.trial_ticket_config(cfg, {"prune.rate": rate})
+        ticket = trial_ticket(cfg, {"prune.rate": rate})
         ticket.data.cache_dir = str(root / "data")  # not the sweep's: each mode tokenises once itself
+        ticket.train.progress = False
         traj = Trajectory(ticket, root / "work")
-        meta = {"sweep": "loop", "trial": f"loop-{i}"}
-
-        def on_round(r: int, rows: list[dict], resumed: bool, traj=traj, meta=meta) -> None:
-            rows = [{**row, **meta} for row in rows]
-            for row in rows:
-                if row["mask_id"] and not store.has_mask(row["mask_id"]):
-                    store.write_mask(traj.mask_for(row))
-            store.write_rounds(rows)
-
-        rows = traj.run(on_round=on_round)
-        store.write_ticket(sweep.ticket_row(meta, rows))
+        recorder = Recorder(store, ticket.keep_weights, sweep="loop", trial=f"loop-{i}")
+        traj.run(on_round=recorder)
+        recorder.finish(traj)
     wall = time.perf_counter() - started
     return {"wall": wall, "rounds": store.rounds()}
 
