@@ -89,10 +89,9 @@ def _random(ctx: BaselineContext) -> Start:
 @baseline("reinit", "the ticket's mask on a freshly initialised encoder", ("v", "tab:green"))
 def _reinit(ctx: BaselineContext) -> Start:
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(ctx.seed + 7919)
-    fresh = AutoModelForSequenceClassification.from_config(ctx.model.config).state_dict()
+    fresh = type(ctx.model)._from_config(ctx.model.config).state_dict()  # what AutoModel*.from_config builds
     state = {**ctx.initial.state, **{k: v for k, v in fresh.items() if k.startswith("bert.")}}
     return Start(ctx.ticket, RewindPoint(state, 0))
 
