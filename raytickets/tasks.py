@@ -7,6 +7,7 @@ so everything downstream is blind to where the data came from.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import math
@@ -247,18 +248,33 @@ def tokenized_splits(task: TaskSpec, tokenizer, tokenizer_id: str, glue_dir: str
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     final = root / f"{task.name}-{digest}"
     if not final.is_dir():
-        splits = {}
-        for split in ("train", *task.dev_splits):
-            limit = max_train_examples if split == "train" else max_dev_examples
-            data = subsample(load_split(task, split, glue_dir), limit, seed)
-            splits[split] = _tokenize(task, data, tokenizer, max_seq_length, f"{digest}-{split}")
+        with quiet_datasets():
+            splits = {}
+            for split in ("train", *task.dev_splits):
+                limit = max_train_examples if split == "train" else max_dev_examples
+                data = subsample(load_split(task, split, glue_dir), limit, seed)
+                splits[split] = _tokenize(task, data, tokenizer, max_seq_length, f"{digest}-{split}")
 
-        def write(d: Path) -> None:
-            DatasetDict(splits).save_to_disk(str(d))
-            (d / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
+            def write(d: Path) -> None:
+                DatasetDict(splits).save_to_disk(str(d))
+                (d / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
 
-        write_dir_atomically(final, write)
+            write_dir_atomically(final, write)
     return dict(load_from_disk(str(final)))
+
+
+@contextlib.contextmanager
+def quiet_datasets():
+    """No "Map" or "Saving the dataset" bars while the cache is built: they would bury a run's round lines."""
+    import datasets
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def subsample(data, limit: int | None, seed: int):
