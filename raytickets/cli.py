@@ -19,7 +19,7 @@ from .errors import RayticketsError
 
 # The ticket flags: (flag, config field it sets, type, help, only for pruning commands).
 _TICKET_FLAGS = [
-    ("--task", "task", str, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli", False),
+    ("--task", "task", str, "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or mlm", False),
     ("--model", "model", str, "minilm (packaged, default), bert-base, bert-large, a directory or a hub id", False),
     ("--metrics", "metrics", str, "glue (GLUE main metrics, default) or paper (Chen et al.'s: MRPC/QQP accuracy, "
                                   "MNLI matched)", False),

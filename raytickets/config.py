@@ -25,7 +25,7 @@ __all__ = ["DataConfig", "TrainConfig", "PruneConfig", "TicketConfig", "ParamSpe
            "ResourcesConfig", "SweepConfig", "GLUE_TASKS", "load", "resolve", "default_learning_rate",
            "apply_overrides", "build", "read_yaml", "to_dict"]
 
-GLUE_TASKS = tuple(TASKS)
+GLUE_TASKS = tuple(TASKS)  # every task of the table: the GLUE tasks and mlm
 
 
 @dataclass
@@ -36,6 +36,11 @@ class DataConfig:
     max_seq_length: int = 128
     seed: int = 0  # subsample seed: kept apart from train.seed so every training seed sees the same rows
     cache_dir: str | None = None  # tokenised-data cache; default ~/.cache/raytickets/tokenized
+    # task mlm only (mlm.py): a text file or directory, a datasets id (wikitext-103-raw-v1), or null for the
+    # sentences of every GLUE train split in glue_dir; the share of positions masked and the pre-masked copies
+    corpus: str | None = None
+    mlm_probability: float = 0.15
+    mlm_copies: int = 10
 
     def validate(self, path: str) -> None:
         if self.glue_dir is not None and not Path(self.glue_dir).expanduser().is_dir():
@@ -46,6 +51,10 @@ class DataConfig:
                 raise ConfigError(f"{path}.{name}: {value} must be a positive integer or null (all rows)")
         if not MIN_SEQ_LENGTH <= self.max_seq_length <= 512:
             raise ConfigError(f"{path}.max_seq_length: {self.max_seq_length} must be in [{MIN_SEQ_LENGTH}, 512]")
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError(f"{path}.mlm_probability: {self.mlm_probability} must be in (0, 1)")
+        if self.mlm_copies < 1:
+            raise ConfigError(f"{path}.mlm_copies: {self.mlm_copies} must be >= 1")
 
 
 @dataclass
@@ -194,6 +203,8 @@ class TicketConfig:
         except ConfigError as e:
             raise ConfigError(f"{p}{e}") from None
         self.data.validate(f"{p}data")
+        if self.data.corpus is not None and not TASKS[self.task].is_mlm:
+            raise ConfigError(f"{p}data.corpus: {self.data.corpus!r} is read by the mlm task only; task is {self.task!r}")
         self.train.validate(f"{p}train")
         self.prune.validate(f"{p}prune", imp=imp)
         from .models import check_patterns, parameter_names

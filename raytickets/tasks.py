@@ -53,6 +53,12 @@ class TaskSpec:
     paper_metric: str | None = None
     # Training settings the task's recipe sets where a config leaves them null (config.resolve).
     recipe: dict = field(default_factory=lambda: {"warmup_ratio": 0.1, "grad_accumulation": 1})
+    # "sequence": a GLUE task (a head on the pooled [CLS]); "mlm": masked-language modelling on a corpus (mlm.py)
+    objective: str = "sequence"
+
+    @property
+    def is_mlm(self) -> bool:
+        return self.objective == "mlm"
 
     def main_metric_for(self, convention: str) -> str:
         """The main metric under a convention: "glue" (the GLUE main metric) or "paper" (Chen et al.'s)."""
@@ -60,7 +66,7 @@ class TaskSpec:
 
     @property
     def is_regression(self) -> bool:
-        return not self.label_list
+        return not self.label_list and not self.is_mlm
 
     @property
     def num_labels(self) -> int:
@@ -96,8 +102,14 @@ TASKS: dict[str, TaskSpec] = {
         # WNLI's TSV says 0/1 where the hub says not_entailment/entailment: 1 = entailment in both.
         TaskSpec("wnli", "WNLI", "wnli", _PAIR, ("not_entailment", "entailment"), ("accuracy",), "accuracy",
                  ("dev",), _PAIR, "label", _BINARY),
+        # Masked-language modelling (Chen et al.'s MLM tickets): a corpus (data.corpus), not a GLUE split. Accuracy
+        # over the masked positions is the main metric (higher is better); perplexity is stored beside it. The
+        # academic-budget recipe: 6% warmup, a large effective batch (4 accumulated batches here).
+        TaskSpec("mlm", "", "", (), (), ("accuracy", "perplexity"), "accuracy", ("dev",), (), "", (),
+                 recipe={"warmup_ratio": 0.06, "grad_accumulation": 4}, objective="mlm"),
     )
 }
+GLUE = tuple(name for name, t in TASKS.items() if not t.is_mlm)
 
 STSB_RANGE = (0.0, 5.0)
 
@@ -238,7 +250,7 @@ def tokenized_splits(task: TaskSpec, tokenizer, tokenizer_id: str, glue_dir: str
     """
     from datasets import DatasetDict, load_from_disk
 
-    _check_lengths(tokenizer, max_seq_length, max_train_examples, max_dev_examples, seed)
+    check_lengths(tokenizer, max_seq_length, max_train_examples, max_dev_examples, seed)
     key = {
         "format": CACHE_FORMAT, "task": task.name, "tokenizer": tokenizer_id, "max_seq_length": max_seq_length,
         "max_train_examples": max_train_examples, "max_dev_examples": max_dev_examples, "seed": seed,
@@ -285,7 +297,7 @@ def subsample(data, limit: int | None, seed: int):
     return data.select(rows.tolist())
 
 
-def _check_lengths(tokenizer, max_seq_length, max_train_examples, max_dev_examples, seed) -> None:
+def check_lengths(tokenizer, max_seq_length, max_train_examples, max_dev_examples, seed) -> None:
     longest = getattr(tokenizer, "model_max_length", None) or 512
     if not isinstance(max_seq_length, int) or not MIN_SEQ_LENGTH <= max_seq_length <= longest:
         raise ConfigError(f"max_seq_length: {max_seq_length!r}; allowed: an integer from {MIN_SEQ_LENGTH} "
@@ -372,7 +384,8 @@ def chance_metrics(task: TaskSpec, labels) -> dict[str, float]:
 
 
 # Metric columns of a round row; MNLI's splits get their own (`dev_matched/accuracy` -> `accuracy_matched`).
-METRIC_COLUMNS = ("accuracy", "f1", "matthews", "pearson", "spearman", "accuracy_matched", "accuracy_mismatched")
+METRIC_COLUMNS = ("accuracy", "f1", "matthews", "pearson", "spearman", "accuracy_matched", "accuracy_mismatched",
+                  "perplexity")
 
 
 def flat_metrics(metrics: dict[str, float]) -> dict[str, float | None]:

@@ -46,8 +46,15 @@ class Prepared:
 
 
 def tokenize(cfg: TicketConfig, tokenizer) -> dict:
-    """The task's tokenised splits under the config's data settings (read from the cache once written)."""
+    """The task's tokenised splits under the config's data settings (read from the cache once written); for mlm
+    the packed, pre-masked corpus (mlm.mlm_splits)."""
     d = cfg.data
+    if get_task(cfg.task).is_mlm:
+        from .mlm import mlm_splits
+
+        return mlm_splits(tokenizer, resolve_model(cfg.model), d.corpus, d.glue_dir, d.max_seq_length,
+                          d.max_train_examples, d.max_dev_examples, d.seed, d.mlm_copies, d.mlm_probability,
+                          d.cache_dir)
     return tokenized_splits(
         get_task(cfg.task), tokenizer, resolve_model(cfg.model), d.glue_dir, max_seq_length=d.max_seq_length,
         max_train_examples=d.max_train_examples, max_dev_examples=d.max_dev_examples, seed=d.seed,
@@ -59,9 +66,16 @@ def prepare(cfg: TicketConfig, device: torch.device | str = "cpu") -> Prepared:
     task = get_task(cfg.task)
     tokenizer = load_tokenizer(cfg.model)
     splits = tokenize(cfg, tokenizer)
-    model = load_model(cfg.model, task.num_labels, seed=cfg.train.seed).to(device)
+    if task.is_mlm:
+        from .mlm import collate_blocks
+        from .mlm_head import load_mlm_model
+
+        model, collator = load_mlm_model(cfg.model, seed=cfg.train.seed), collate_blocks
+    else:
+        model, collator = load_model(cfg.model, task.num_labels, seed=cfg.train.seed), collate(tokenizer)
+    model = model.to(device)
     return Prepared(task=task, train=splits["train"], dev={s: splits[s] for s in task.dev_splits},
-                    collate=collate(tokenizer), model=model, initial=RewindPoint(state_copy(model), 0))
+                    collate=collator, model=model, initial=RewindPoint(state_copy(model), 0))
 
 
 def prunable_of(cfg: TicketConfig, model) -> dict[str, torch.nn.Parameter]:

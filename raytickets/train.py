@@ -135,7 +135,7 @@ def finetune(
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     for _ in range(start_step):
         scheduler.step()
-    net = _wrap_ddp(model)
+    net = _wrap_ddp(_trainable(model, task))
     device = device_of(model)
     precision = resolve_precision(cfg.precision, device)
     scaler = make_scaler(precision, device)
@@ -220,6 +220,16 @@ def _progress(cfg: TrainConfig, steps: int, desc: str | None):
     return tqdm(total=steps, desc=desc or "fine-tune", unit="step", leave=False, dynamic_ncols=True)
 
 
+def _trainable(model: nn.Module, task: TaskSpec) -> nn.Module:
+    """The module a training step runs: the model, or for MLM its sparse-prediction wrapper (the vocabulary
+    head on the masked positions only: the same loss without [B, T, vocab] logits; DDP must wrap it)."""
+    if task.is_mlm:
+        from .mlm_head import SparsePredictionMLM
+
+        return SparsePredictionMLM(model)
+    return model
+
+
 def _wrap_ddp(model: nn.Module) -> nn.Module:
     rank, size = world()
     if size == 1:
@@ -265,6 +275,13 @@ def evaluate(model: nn.Module, task: TaskSpec, dev_data: Mapping[str, object], c
     `with_chance`: also the same metrics of a constant predictor (the majority class; 0 for correlations),
     the value a collapsed run is scored at.
     """
+    if task.is_mlm:  # masked positions only; a constant predictor is not a meaningful floor for a vocabulary
+        from .mlm_head import mlm_metrics
+
+        with autocast(precision, device_of(model)):
+            metrics = mlm_metrics(model, dev_data["dev"], batch_size, collate)
+        chance = {"accuracy": 0.0, "perplexity": math.nan}
+        return (metrics, chance) if with_chance else metrics
     metrics: dict[str, float] = {}
     chance: dict[str, float] = {}
     for split, dataset in dev_data.items():

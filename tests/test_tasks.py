@@ -16,6 +16,7 @@ from raytickets.errors import ConfigError, DataError
 from raytickets.models import load_tokenizer
 from raytickets.runs import publish
 from raytickets.tasks import (
+    GLUE,
     TASKS,
     collate,
     compute_metrics,
@@ -129,8 +130,10 @@ MAIN_METRIC = {"cola": "matthews", "mrpc": "f1", "qqp": "f1", "stsb": "pearson"}
 
 
 def test_task_table_has_all_nine_glue_tasks_with_hub_label_order():
-    assert list(TASKS) == list(HUB_LABELS)
-    for name, task in TASKS.items():
+    assert list(GLUE) == list(HUB_LABELS) and list(TASKS) == [*HUB_LABELS, "mlm"]
+    assert TASKS["mlm"].is_mlm and not TASKS["mlm"].is_regression and TASKS["mlm"].main_metric == "accuracy"
+    for name in GLUE:
+        task = TASKS[name]
         assert get_task(name) is task and task.name == task.hub_name == name
         assert task.label_list == HUB_LABELS[name]
         assert task.main_metric == MAIN_METRIC.get(name, "accuracy")
@@ -144,7 +147,7 @@ def test_task_table_has_all_nine_glue_tasks_with_hub_label_order():
 
 def test_unknown_task_lists_the_allowed_ones():
     with pytest.raises(ConfigError, match=r"^task: unknown task 'sst-3'; allowed: cola, sst2, mrpc, stsb, qqp, "
-                                          r"mnli, qnli, rte, wnli$"):
+                                          r"mnli, qnli, rte, wnli, mlm$"):
         get_task("sst-3")
 
 
