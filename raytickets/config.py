@@ -76,6 +76,8 @@ class TrainConfig:
     # null: bf16 where the hardware has it natively (CUDA capability >= 8, a CPU with AMX), else fp32;
     # a trajectory fixes it for its device before its run id is computed (precision.resolve).
     precision: Literal["fp32", "bf16", "fp16"] | None = None
+    bucket_by_length: bool = False  # batches of similar-length examples: fewer pad tokens (another data order)
+    compile: bool = False  # torch.compile the model for training (its first steps pay for compilation)
     max_steps: int | None = None  # overrides epochs when set
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None = torch's default

@@ -79,20 +79,39 @@ def global_order(num_examples: int, seed: int, epoch: int, shuffle: bool) -> lis
 
 
 def global_batches(num_examples: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
-                   ) -> Iterator[tuple[list[int], int]]:
+                   lengths: list[int] | None = None) -> Iterator[tuple[list[int], int]]:
     """(this rank's indices, size of the global batch) for each global batch of `batch_size · world` examples.
 
     Rank r takes every world-th example of a global batch. A last global batch with fewer examples than
-    ranks is dropped on every rank (DDP needs every rank in every step).
+    ranks is dropped on every rank (DDP needs every rank in every step). With `lengths`, examples of
+    similar length share a batch (`bucketed`): fewer pad tokens, the same examples per epoch.
     """
     rank, size = world()
     order = global_order(num_examples, seed, epoch, shuffle)
     step = batch_size * size
-    for start in range(0, len(order), step):
-        chunk = order[start:start + step]
+    chunks = [order[i:i + step] for i in range(0, len(order), step)]
+    if lengths is not None:
+        chunks = bucketed(order, lengths, step, seed * 100_003 + epoch)
+    for chunk in chunks:
         if len(chunk) < size:
-            break
+            continue
         yield chunk[rank::size], len(chunk)
+
+
+BUCKET_WINDOW = 50  # global batches sorted by length together: a window this many batches long
+
+
+def bucketed(order: list[int], lengths: list[int], step: int, seed: int) -> list[list[int]]:
+    """Global batches of similar-length examples: the epoch's order cut into windows of BUCKET_WINDOW batches,
+    each window sorted by length and cut into batches, then the batches shuffled (seeded) so lengths do not
+    follow the steps. (HF's group_by_length works the same way; ours keeps DDP's global-batch split.)"""
+    window = step * BUCKET_WINDOW
+    chunks = []
+    for start in range(0, len(order), window):
+        part = sorted(order[start:start + window], key=lambda i: -lengths[i])
+        chunks += [part[i:i + step] for i in range(0, len(part), step)]
+    shuffle = torch.randperm(len(chunks), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    return [chunks[i] for i in shuffle]
 
 
 def loss_weight(local: int, global_size: int) -> float:

@@ -303,6 +303,23 @@ def test_two_accumulated_batches_of_8_are_one_batch_of_16(sst2):
     assert total_steps(64, TrainConfig(epochs=1, batch_size=8, grad_accumulation=2)) == 4
 
 
+def test_length_buckets_keep_each_epochs_examples_and_cut_padding(sst2):
+    from raytickets.distributed import global_batches
+
+    lengths = [len(ids) for ids in sst2.train["input_ids"]]
+    plain = list(global_batches(len(lengths), 8, 0, 0))
+    buckets = list(global_batches(len(lengths), 8, 0, 0, lengths=lengths))
+    assert sorted(i for b, _ in buckets for i in b) == sorted(i for b, _ in plain for i in b) == list(range(len(lengths)))
+
+    def pad_fraction(batches):
+        padded = sum(len(b) * max(lengths[i] for i in b) for b, _ in batches)
+        return 1 - sum(lengths) / padded
+
+    assert pad_fraction(buckets) < 0.5 * pad_fraction(plain)
+    res = sst2.finetune(sst2.model(), TrainConfig(max_steps=3, bucket_by_length=True, **FAST))
+    assert res.steps == 3 and all(math.isfinite(l) for l in res.losses)
+
+
 def test_max_steps_overrides_epochs_and_cycles_the_data():
     assert total_steps(20, TrainConfig(epochs=1, batch_size=8, max_steps=7)) == 7
     assert total_steps(20, TrainConfig(epochs=1, batch_size=8), world_size=2) == 2  # 10 rows a rank
