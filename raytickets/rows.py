@@ -52,8 +52,8 @@ def schema_of(cls: type) -> pa.Schema:
 
 
 @dataclasses.dataclass(kw_only=True)
-class RoundRow:
-    """One trained model: the full model (round 0), a round's ticket, a baseline, a transferred ticket."""
+class TrajectoryColumns:
+    """The columns that say which trajectory a row belongs to: both tables start with them."""
 
     sweep: str | None = None
     trial: str
@@ -73,6 +73,12 @@ class RoundRow:
     losing: bool | None = None
     rewind_step: int | None = None
     seed: int
+
+
+@dataclasses.dataclass(kw_only=True)
+class RoundRow(TrajectoryColumns):
+    """One trained model: the full model (round 0), a round's ticket, a baseline, a transferred ticket."""
+
     round: int
     kind: str
     arm: str | None = None  # multi-task runs: which arm (plain, tickets_share, single, random)
@@ -115,27 +121,9 @@ class MaskRow:
 
 
 @dataclasses.dataclass(kw_only=True)
-class TicketRow:
+class TicketRow(TrajectoryColumns):
     """One finished trajectory: its settings, its best round and its last round."""
 
-    sweep: str | None = None
-    trial: str
-    run_id: str | None = None
-    setting_id: str | None = None
-    settings: str | None = None
-    task: str
-    model: str
-    method: str
-    scope: str | None = None
-    schedule: str | None = None
-    rate: float | None = None
-    target_sparsity: float | None = None
-    head_fraction: float | None = None
-    ffn_fraction: float | None = None
-    ffn_granularity: str | None = None
-    losing: bool | None = None
-    rewind_step: int | None = None
-    seed: int
     metric_name: str | None = None
     metric_convention: str | None = None
     rounds: int | None = None
