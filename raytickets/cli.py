@@ -198,15 +198,6 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from .store import ResultsStore
-
-    mask = ResultsStore(args.results_dir).load_mask(args.mask_id)
-    mask.save(args.out)
-    print(f"mask {args.mask_id}: sparsity {mask.sparsity():.4f} -> {args.out}")
-    return 0
-
-
 def _write_json(path: Path, obj) -> None:
     import pyarrow.fs as pafs
 
@@ -243,11 +234,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="where the report goes (default RESULTS_DIR/report)")
     r.set_defaults(func=cmd_report)
 
-    e = sub.add_parser("export", help="write a stored ticket mask to a safetensors file (for finetune --mask)")
-    e.add_argument("results_dir")
-    e.add_argument("--mask-id", required=True)
-    e.add_argument("--out", required=True)
-    e.set_defaults(func=cmd_export)
+    from .export import register_cli as register_export
+
+    register_export(sub)  # a stored ticket as a Hugging Face model (shrunk when structured), ONNX, or a mask file
     return p
 
 

@@ -7,7 +7,6 @@ The metric runs the vocabulary head on the masked positions only (`SparsePredict
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -16,26 +15,10 @@ from torch import nn
 from .distributed import reduce_sum, world
 from .errors import ConfigError, DataError
 from .mlm import IGNORE, collate_blocks
-from .models import resolve_model
+from .models import quiet_transformers, resolve_model
 
 
 # --------------------------------------------------------------------------------------------- model, head
-
-
-@contextmanager
-def _quiet_transformers():
-    """No "newly initialised" report or progress bar: a fresh MLM head on MiniLM is expected."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def load_mlm_model(name: str, seed: int | None = None):
@@ -49,7 +32,7 @@ def load_mlm_model(name: str, seed: int | None = None):
     from transformers import AutoConfig, BertForMaskedLM
 
     path = resolve_model(name)
-    with _quiet_transformers():
+    with quiet_transformers():
         model_type = AutoConfig.from_pretrained(path).model_type
         if model_type != "bert":
             raise ConfigError(f"model: {name!r} is a {model_type!r} model; "

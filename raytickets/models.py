@@ -7,6 +7,7 @@ regression model alike and does not depend on the head's module path.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
@@ -137,6 +138,23 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_model(name))
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """No transformers progress bars or load reports ("newly initialised", shard bars): every load and save
+    raytickets makes is expected and checked; a bar per load would bury the round lines."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(name: str, num_labels: int, seed: int | None = None) -> nn.Module:
     """A sequence-classification model (`num_labels == 1`: regression head) on the pre-trained encoder.
 
@@ -144,13 +162,9 @@ def load_model(name: str, num_labels: int, seed: int | None = None) -> nn.Module
     baseline starts from the same head unless told otherwise.
     """
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     path = resolve_model(name)
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the "classifier newly initialised" report is expected here
-    hf_logging.disable_progress_bar()  # a bar per load would bury the round lines
-    try:
+    with quiet_transformers():  # the "classifier newly initialised" report is expected here
         if seed is not None:
             import torch
 
@@ -160,10 +174,6 @@ def load_model(name: str, num_labels: int, seed: int | None = None) -> nn.Module
             num_labels=num_labels,
             problem_type="regression" if num_labels == 1 else "single_label_classification",
         )
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
     if getattr(model.config, "model_type", None) != "bert" or not hasattr(model, "bert"):
         raise ConfigError(f"model: {name!r} is a {model.config.model_type!r} model; raytickets supports BERT-architecture models")
     return model

@@ -1,0 +1,192 @@
+"""The exported ticket as models: the masked dense model, the physically shrunk one (shrink.py), ONNX, and the
+dev metric measured from the exported files."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ResultsError
+from .models import load_model, load_tokenizer, resolve_model
+from .shrink import SHRINK_FILE, Structure, count_parameters, masked, reshape_layers
+from .store import ResultsStore
+from .tasks import collate, flat_metrics, get_task, tokenized_splits
+from .train import evaluate
+from .export_select import Ticket
+
+SHRUNK_DIR = "shrunk"
+ONNX_FILE = "model.onnx"
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+EVAL_BATCH_SIZE = 64
+
+
+@dataclass
+class Report:
+    """What an export wrote and measured: for the model card and the command's output."""
+
+    format: str
+    files: list[str] = field(default_factory=list)
+    structure: Structure | None = None  # when the mask removes whole heads or neurons
+    params: tuple[int, int] | None = None  # (masked dense, shrunk)
+    flops: tuple[int, int] | None = None  # (masked dense, shrunk), one sequence of FLOPS_LENGTH tokens
+    shrink_gap: float | None = None  # max |logit| difference, shrunk vs masked dense
+    onnx_gap: float | None = None  # max |logit| difference, onnxruntime vs torch
+    sparse_bytes: tuple[int, int] | None = None  # (sparse-aware copy, dense copy), unstructured tickets
+    residual_sparsity: float = 0.0  # fraction of the prunable weights left in the model as zeros
+    dev: dict[str, float] = field(default_factory=dict)  # which exported files -> their dev metric
+
+
+FLOPS_LENGTH = 128
+
+
+
+# ---------------------------------------------------------------- the model
+
+
+def label_maps(task) -> tuple[dict[int, str], dict[str, int]]:
+    """id2label/label2id of a task's head (a regression head has one output, `score`)."""
+    names = list(task.label_list) or ["score"]
+    return dict(enumerate(names)), {name: i for i, name in enumerate(names)}
+
+
+def ticket_model(store: ResultsStore, ticket: Ticket):
+    """The masked dense model: the kept fine-tuned weights with the mask applied, its config naming the labels."""
+    task = get_task(ticket.row["task"])
+    model = load_model(ticket.row["model"], task.num_labels, seed=int(ticket.row["seed"]))
+    state = store.load_weights(ticket.row["weights_path"])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ResultsError(f"{ticket.row['weights_path']}: weights do not fit model {ticket.row['model']!r} "
+                           f"({str(exc).splitlines()[0]})") from None
+    model.config.id2label, model.config.label2id = label_maps(task)
+    return masked(model, ticket.mask).eval()
+
+
+def load_shrunk(directory: str | os.PathLike):
+    """The shrunk model of an `hf` export (DIR or DIR/shrunk): a BertForSequenceClassification whose layers have
+    the kept heads and FFN neurons only, built from `shrink.json` and loaded strictly from `model.safetensors`."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    d = Path(directory)
+    d = d / SHRUNK_DIR if (d / SHRUNK_DIR / SHRINK_FILE).is_file() else d
+    structure = Structure.load(d / SHRINK_FILE)
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(d))
+    reshape_layers(model, structure)
+    model.load_state_dict(load_file(str(d / "model.safetensors")), strict=True)
+    return model.eval()
+
+
+class OnnxModel(torch.nn.Module):
+    """An exported `model.onnx` run by onnxruntime, called like a transformers model (`model(**batch).logits`),
+    so `train.evaluate` scores it with the very code that scored the run."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        super().__init__()
+        path = Path(path)
+        self.path = path / ONNX_FILE if path.is_dir() else path
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        # Idle ORT threads would spin for a while after each run and take the cores from torch working beside it
+        # (evaluation collates batches between runs; the benchmark interleaves torch and ORT): they sleep.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        # `train.predict` asks a model's device from its parameters; onnxruntime runs on the CPU.
+        self.anchor = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, **_):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        inputs = (input_ids, attention_mask, token_type_ids)
+        feed = {name: t.cpu().numpy().astype("int64") for name, t in zip(ONNX_INPUTS, inputs)}
+        return SequenceClassifierOutput(logits=torch.from_numpy(self.session.run(["logits"], feed)[0]))
+
+
+class _Logits(torch.nn.Module):
+    """What torch.onnx traces: the three inputs in, the logits out (no ModelOutput in the graph)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+def example_batch(vocab_size: int, batch: int = 2, length: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded token ids with the last row half padding, so traced and checked graphs take the attention-mask path."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, min(vocab_size, 30000), (batch, length), generator=gen)
+    attention = torch.ones_like(ids)
+    attention[-1, length // 2:] = 0
+    return {"input_ids": ids, "attention_mask": attention, "token_type_ids": torch.zeros_like(ids)}
+
+
+def write_onnx(model: torch.nn.Module, path: Path) -> None:
+    """torch.onnx's dynamo exporter with dynamic batch and sequence axes; one file unless the weights pass 1.5 GB."""
+    import logging
+    import warnings
+
+    axes = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
+    example = example_batch(model.config.vocab_size)
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # it reports every skipped torchvision op and each of its steps
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_Logits(model).eval(), tuple(example[n] for n in ONNX_INPUTS), str(path),
+                              input_names=list(ONNX_INPUTS), output_names=["logits"],
+                              dynamic_shapes={n: axes for n in ONNX_INPUTS}, dynamo=True,
+                              external_data=count_parameters(model) * 4 > 1.5e9, verbose=False)
+    finally:
+        logger.setLevel(level)
+
+
+@torch.no_grad()
+def max_logit_gap(a: torch.nn.Module, b: torch.nn.Module, vocab_size: int) -> float:
+    """Largest |logit difference| of two models on a seeded batch (4 rows of 32 tokens, one half padding)."""
+    batch = example_batch(vocab_size, batch=4, length=32, seed=1)
+    return float((a.eval()(**batch).logits - b.eval()(**batch).logits).abs().max())
+
+
+# ---------------------------------------------------------------- the dev metric, from the exported files
+
+
+def dev_data(ticket: Ticket, glue_dir: str | os.PathLike):
+    """(task, dev splits, collate) as the run tokenised them: its data settings (from the row's `settings`), its
+    tokenizer, the same tokenised-split cache key."""
+    data = data_settings(ticket)
+    task = get_task(ticket.row["task"])
+    tokenizer = load_tokenizer(ticket.row["model"])
+    splits = tokenized_splits(task, tokenizer, resolve_model(ticket.row["model"]), str(glue_dir),
+                              max_seq_length=data["max_seq_length"], max_train_examples=data.get("max_train_examples"),
+                              max_dev_examples=data.get("max_dev_examples"), seed=data.get("seed", 0))
+    return task, {s: splits[s] for s in task.dev_splits}, collate(tokenizer)
+
+
+def data_settings(ticket: Ticket) -> dict:
+    data = ticket.settings.get("data")
+    if data is None:
+        raise ResultsError(f"ticket of run {ticket.row['run_id']}: its row has no settings (an older results root), "
+                           f"so its dev split cannot be rebuilt; drop --glue-dir")
+    return data
+
+
+def dev_metric(model: torch.nn.Module, ticket: Ticket, dev) -> float:
+    """The ticket's main metric (its `metric_name`) of `model` on the dev data, scored by `train.evaluate`."""
+    task, splits, collate_fn = dev
+    return float(flat_metrics(evaluate(model, task, splits, collate_fn, EVAL_BATCH_SIZE))[ticket.row["metric_name"]])
+
+
