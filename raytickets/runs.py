@@ -30,6 +30,12 @@ if TYPE_CHECKING:  # runs is imported by tasks, which config imports
 NOT_IN_ID = {("data", "glue_dir"), ("data", "cache_dir"), ("train", "threads"), ("train", "eval_batch_size"),
              ("train", "progress")}
 GENERIC_PRUNE = ("method", "rounds", "rewind_step", "min_gain", "include", "exclude", "baselines")
+# Settings added after runs were first stored, whose default is what every run did before they existed. They
+# enter an id only when set away from that default, so adding a field never renames the runs (and curves) of
+# existing results roots: their rounds stay resumable and their rows stay one curve with new ones (open_lth
+# leaves new hyperparameters out of its hashes the same way). A new field joins this list.
+ID_ONLY_WHEN_SET = (("data", "corpus"), ("data", "mlm_probability"), ("data", "mlm_copies"),
+                    ("train", "bucket_by_length"), ("train", "compile"))
 
 
 def settings(cfg: TicketConfig) -> dict:
@@ -39,6 +45,9 @@ def settings(cfg: TicketConfig) -> dict:
     d.pop("keep_weights", None)
     for section, key in NOT_IN_ID:
         d[section].pop(key, None)
+    for section, key in ID_ONLY_WHEN_SET:
+        if key in d[section] and d[section][key] == getattr(type(getattr(cfg, section))(), key):
+            del d[section][key]
     own = set(GENERIC_PRUNE) | set(cfg.prune.method_impl().hp.__dataclass_fields__)
     d["prune"] = {k: v for k, v in d["prune"].items() if k in own}
     return d

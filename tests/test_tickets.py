@@ -3,6 +3,7 @@ run ids, the shared full model, resuming, bad input and the `imp` command — on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from raytickets.errors import ConfigError
 from raytickets.masks import Mask
 from raytickets.models import load_model, prunable_parameters, tiny_bert
 from raytickets.pruning import magnitude_prune, select_structured, structured_importance, structured_mask
-from raytickets.runs import full_id, run_id
+from raytickets.runs import ID_ONLY_WHEN_SET, full_id, run_id, setting_id, settings
 from raytickets.store import ResultsStore
 from raytickets.tickets import Trajectory, _plain, prepare, prunable_of
 from raytickets.train import finetune, state_copy
@@ -376,6 +377,21 @@ def test_run_ids_follow_the_settings_that_change_results(make_cfg, tmp_path):
     # The full model does not depend on how it is pruned later, only on what is trained.
     assert full_id(make_cfg(prune__rate=0.3, prune__schedule="original")) == full_id(base)
     assert full_id(make_cfg(train__seed=1)) != full_id(base) and full_id(make_cfg(task="mrpc")) != full_id(base)
+
+
+def test_settings_added_later_rename_no_stored_run_at_their_default():
+    """A field added to the config with the default every earlier run had (length buckets, torch.compile, the
+    MLM corpus settings) renamed every stored run before `ID_ONLY_WHEN_SET`: a results root written a week
+    earlier stopped resuming (issue 9's real run retrained from round 1) and its rows became another curve. The
+    ids of a plain config are pinned here: a change that moves them renames every run in every results root."""
+    cfg = TicketConfig(task="sst2", model="minilm")
+    assert (run_id(cfg), full_id(cfg), setting_id(cfg)) == ("91a1e4f9d3d48362", "431433a1218def56", "a3439b8a8d9c67c9")
+    stored = settings(cfg)
+    assert all(key not in stored[section] for section, key in ID_ONLY_WHEN_SET)
+    for section, key, value in (("train", "bucket_by_length", True), ("train", "compile", True),
+                                ("data", "mlm_probability", 0.2), ("data", "corpus", "/some/corpus.txt")):
+        changed = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{key: value})})
+        assert run_id(changed) != run_id(cfg), key  # set away from its default, it is a setting like any other
 
 
 def test_full_model_is_computed_once_and_shared_by_trajectories_with_different_rates(make_cfg, tmp_path):
