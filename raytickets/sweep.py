@@ -113,26 +113,28 @@ class PerTaskASHA(ASHAScheduler):
 
 
 class PlacementGroupSweeper(Callback):
-    """Removes the placement groups that ended trials' Train runs leave behind (ray-project/ray#54305), which
-    would hold their CPUs and hang the next trial. A trial stopped by ASHA is terminated by Tune, so its driver
-    may never reach its own check (`trial.trial_driver`). Checked when a trial ends (finished, stopped, errored
-    or about to be retried) and, as its controller dies a moment after Tune decides, every few seconds for a
-    while after; once more when the sweep ends. Only placement groups whose controller is dead are removed."""
+    """Removes the placement groups that ended Train runs leave behind (`trial.leftover_placement_groups`): they
+    hold their CPUs and the next trial's workers wait for them forever (ray-project/ray#54305). A trial stopped by
+    ASHA is terminated by Tune, so its driver may never reach its own check (`trial.trial_driver`), and a driver
+    killed mid-sweep can leave one that outlives its job. Checked when the sweep starts or resumes, when a trial
+    ends (finished, stopped, errored or about to be retried), every `every_s` seconds and when the sweep ends."""
 
-    def __init__(self, linger_s: float = 60.0, every_s: float = 2.0):
-        self.linger_s, self.every_s = linger_s, every_s
+    def __init__(self, every_s: float = 5.0):
+        self.every_s = every_s
         self._owners: dict[str, str] = {}  # a trial's own placement group (its reports say it) -> trial id
-        self._until = self._last = 0.0
-
-    def _ended(self, trial) -> None:
-        if pg := (trial.last_result or {}).get("trial_placement_group"):
-            self._owners[pg] = trial.trial_id
-        self._until = time.monotonic() + self.linger_s
-        self._sweep()
+        self._last = 0.0
 
     def _sweep(self) -> None:
         self._last = time.monotonic()
         remove_leftover_placement_groups(owners=self._owners)
+
+    def _ended(self, trial) -> None:
+        if pg := (trial.last_result or {}).get("trial_placement_group"):
+            self._owners[pg] = trial.trial_id
+        self._sweep()
+
+    def setup(self, **info) -> None:
+        self._sweep()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._ended(trial)
@@ -144,8 +146,7 @@ class PlacementGroupSweeper(Callback):
         self._ended(trial)
 
     def on_step_end(self, iteration, trials, **info) -> None:
-        now = time.monotonic()
-        if now < self._until and now - self._last >= self.every_s:
+        if time.monotonic() - self._last >= self.every_s:  # a stopped trial's controller dies a moment later
             self._sweep()
 
     def on_experiment_end(self, trials, **info) -> None:

@@ -85,32 +85,35 @@ TRAIN_CONTROLLER = "TrainController"  # Ray 2.60's class of the actor that creat
 
 def leftover_placement_groups(trial_pg: str | None = None) -> list[tuple[str, str]]:
     """(placement group, Tune trial placement group it belongs to) of every live placement group that a Ray Train
-    controller of this Ray job created and no longer manages: the controller is dead or, given `trial_pg` (a trial
-    driver whose `fit()` has ended), the controller ran inside that trial's own placement group.
+    controller created and no longer manages: the controller is dead or, given `trial_pg` (a trial driver whose
+    `fit()` has ended), it ran inside that trial's own placement group.
 
     Train V2 names none of its placement groups (2.60: `WorkerGroup._create_placement_group`), but the GCS records
     each one's creator: the controller, which Tune places inside the trial's placement group. One whose creator
-    died lives on until the job ends (ray-project/ray#54305). Read through `ray._private.state`: the public
-    `ray.util.placement_group_table()` leaves the creator out.
+    died lives on until its job ends (ray-project/ray#54305), and forever when it was registered just as its
+    driver was killed (seen here: its job and creator dead, the GCS flags never set, 1.9 CPUs held and the next
+    trial's workers waiting on them). So the creator's own state decides, whatever the job. Read through
+    `ray._private.state`: the public `ray.util.placement_group_table()` leaves the creator out.
     """
     import ray
     from ray._private.state import state
     from ray.core.generated import gcs_pb2
 
     gcs = state._connect_and_get_accessor()
-    job = ray.get_runtime_context().get_job_id()
     found = []
     for raw in gcs.get_placement_group_table():
         pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        if pg.state == pg.REMOVED or pg.is_detached or pg.creator_job_id.hex() != job:
+        if pg.state == pg.REMOVED or pg.is_detached:
             continue
         creator = ray.ActorID(pg.creator_actor_id)
         info = None if creator.is_nil() else gcs.get_actor_info(creator)
         if info is None:
             continue  # made by a driver (Tune's trial placement groups), not by an actor
         actor = gcs_pb2.ActorTableData.FromString(info)
-        home = actor.placement_group_id.hex()
-        if actor.class_name == TRAIN_CONTROLLER and (pg.creator_actor_dead or (trial_pg is not None and home == trial_pg)):
+        if actor.class_name != TRAIN_CONTROLLER:
+            continue
+        home, dead = actor.placement_group_id.hex(), pg.creator_actor_dead or actor.state == actor.DEAD
+        if dead or (trial_pg is not None and home == trial_pg):
             found.append((pg.placement_group_id.hex(), home))
     return found
 
@@ -125,13 +128,14 @@ def remove_leftover_placement_groups(trial_pg: str | None = None, owners: dict[s
     try:
         for pg_id, home in leftover_placement_groups(trial_pg):
             remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
-            trial = (owners or {}).get(home, f"of placement group {home or '(none)'}")
-            print(f"removed placement group {pg_id} left behind by trial {trial}'s Train run "
-                  "(ray-project/ray#54305)", flush=True)
+            owner = (owners or {}).get(home)
+            whose = f"trial {owner}" if owner else f"a trial that has ended (Tune placement group {home})"
+            print(f"removed placement group {pg_id} left behind by the Train run of {whose} (ray-project/ray#54305)",
+                  flush=True)
             removed.append(pg_id)
     except Exception as exc:  # noqa: BLE001 — e.g. the GCS unreachable while the cluster goes down
-        print(f"warning: could not check for leftover placement groups: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-              flush=True)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"warning: could not check for leftover placement groups: {reason}", flush=True)
     return removed
 
 
