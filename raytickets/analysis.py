@@ -57,6 +57,7 @@ from .curves import (  # noqa: F401  (re-exported: the analysis' public names)
     phase_transition, scored, seed_values, setting_labels, super_tickets, transfer,
 )
 from .errors import ResultsError
+from .mtl_tables import chosen_from_rows, format_table, mtl_table, sharing_table
 from .overlap import aggregate_counts, layer_sparsity, overlap, tensor_counts, ticket_masks, unit_counts  # noqa: F401
 from .stats import welch_greater  # noqa: F401
 from .store import META_VERSION, SCHEMA_VERSION, ResultsStore, first_line, open_filesystem, tag_table, write_parquet_atomic
@@ -105,6 +106,15 @@ ANALYSIS_SCHEMAS: dict[str, pa.Schema] = {
         ("mask_id", _S), ("sparsity", _F), ("layer", _S), ("layer_sparsity", _F), ("collapsed", _B),
         ("collapsed_tensors", _S),
     ),
+    # Multi-task experiments (`raytickets mtl`, rows of kind "mtl"): `mtl_tables.mtl_table` / `sharing_table`.
+    "mtl": _schema(
+        ("setting_id", _S), ("task", _S), ("metric_name", _S), ("arm", _S), ("mean", _F), ("std", _F), ("seeds", _I),
+        ("failed_seeds", _I), ("sparsity", _F), ("diff_vs_plain", _F), ("p_vs_plain", _F), ("paired_seeds", _I),
+    ),
+    "mtl_sharing": _schema(
+        ("model", _S), ("method", _S), ("task_a", _S), ("task_b", _S), ("unit", _S), ("shared", _F), ("random", _F),
+        ("ratio", _F), ("seed_pairs", _I),
+    ),
 }
 ANALYSIS_TABLES = tuple(ANALYSIS_SCHEMAS)
 
@@ -122,7 +132,8 @@ def analyze(
     tickets; by default it is read from each model's config.
     """
     store = ResultsStore(results_dir)
-    rounds = scored(store.rounds())
+    raw = store.rounds()
+    rounds = scored(raw)
     tables = findings(rounds)
     # Each chosen mask is looked up once and read from the store at most once, for both tables below.
     matching = ticket_masks(store, rounds, tables["super_tickets"], "matching")
@@ -130,6 +141,8 @@ def analyze(
     tables["overlap"] = conform("overlap", overlap(store, matching, load, num_heads))
     supers = ticket_masks(store, rounds, tables["super_tickets"], "super")
     tables["layer_sparsity"] = conform("layer_sparsity", layer_sparsity(matching, supers, load))
+    tables["mtl"] = conform("mtl", mtl_table(raw))
+    tables["mtl_sharing"] = conform("mtl_sharing", sharing_table(store, chosen_from_rows(raw)))
     # Everything is computed before anything is written: bad input leaves the old analysis in place.
     fs, out = out_location(store, out_dir)
     for name in ANALYSIS_TABLES:
@@ -222,7 +235,19 @@ def summary_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
     """The summary rows as a Markdown table (what `raytickets analyze` prints and summary.md holds)."""
     lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in summary_rows(tables)]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + mtl_markdown(tables)
+
+
+def mtl_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
+    """Each multi-task experiment's per-task table (as `raytickets mtl` prints it), or "" when there is none."""
+    mtl = tables.get("mtl")
+    if mtl is None or mtl.empty:
+        return ""
+    parts = []
+    for setting in dict.fromkeys(mtl["setting_id"]):
+        text = format_table(mtl, tables.get("mtl_sharing"), setting_id=setting)
+        parts.append(f"\n## Multi-task experiment {str(setting)[:8]} (raytickets mtl)\n\n```\n{text}\n```\n")
+    return "".join(parts)
 
 
 def collapse_text(layers: pd.DataFrame, key: tuple) -> str:

@@ -237,6 +237,9 @@ def parser() -> argparse.ArgumentParser:
     from .export import register_cli as register_export
 
     register_export(sub)  # a stored ticket as a Hugging Face model (shrunk when structured), ONNX, or a mask file
+    from .mtl import register_cli as register_mtl
+
+    register_mtl(sub)  # multi-task learning through each task's super ticket (Liang et al. 2021 §5)
     return p
 
 
@@ -247,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         from . import sweep
 
         return sweep.main(argv[1:])
-    args = parser().parse_args(argv)
+    return dispatch(parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run a parsed subcommand: its exit code, or 2 with the one-line error of bad input."""
     try:
         return args.func(args)
     except RayticketsError as e:

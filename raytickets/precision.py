@@ -39,3 +39,15 @@ def autocast(precision: str, device: torch.device):
 def scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
     """fp16 needs loss scaling (its 5-bit exponent underflows small gradients); bf16 and fp32 do not."""
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler, grad_scaler: torch.amp.GradScaler | None) -> None:
+    """One optimiser and learning-rate step, gradients cleared; under fp16's GradScaler the step is skipped when
+    the gradients overflowed (and the scale lowered)."""
+    if grad_scaler:
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)

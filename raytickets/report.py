@@ -23,10 +23,13 @@ from matplotlib.figure import Figure
 
 from .analysis import (
     BASELINE_KINDS, CURVE_KEY, SUMMARY_HEADER, analyze, collapse_text, load_analysis, of_curve, out_location,
-    summary_markdown, summary_rows,
+    mtl_markdown, summary_markdown, summary_rows,
 )
 from .baselines import BASELINES
+from .mtl_tables import mtl_figure
 from .store import ResultsStore, write_bytes_atomic
+
+MTL_TABLES = ("mtl", "mtl_sharing")  # one set per results root, not per (model, method): drawn after the rest
 
 # Marker and colour per baseline kind, from the registry; the ticket is always blue.
 BASELINE_STYLE = {name: b.style for name, b in BASELINES.items()}
@@ -41,7 +44,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     tables = load_analysis(results_dir) or analyze(results_dir)
     figures = build_figures(tables)  # [(file name, caption, png bytes)]
     summary = summary_markdown(tables)
-    page = render_html(summary_rows(tables), figures, collapse_notes(tables))
+    page = render_html(summary_rows(tables), figures, collapse_notes(tables), mtl_markdown(tables))
     fs, out = out_location(store, out_dir, "report")
     where = store.display(f"{out}/index.html") if out_dir is None else f"{os.fspath(out_dir).rstrip('/')}/index.html"
     for name, _, png in figures:
@@ -78,7 +81,7 @@ def build_figures(tables: dict[str, pd.DataFrame]) -> list[tuple[str, str, bytes
     for model, method in groups:
         tag = _slug(f"{model}-{method}")
         name = f"{Path(model).name or model} / {method}"
-        sel = {k: _select(t, model, method) for k, t in tables.items()}
+        sel = {k: _select(t, model, method) for k, t in tables.items() if k not in MTL_TABLES}
         figures.append((f"curves-{tag}.png", f"Metric vs sparsity per task and setting ({name}): ticket mean ± std "
                         "over seeds, baselines, full-model band (mean ± std); ○ matching (paper), □ matching (strict), "
                         "★ super ticket", _png(curve_figure(sel["super_tickets"], sel["curves"]))))
@@ -97,6 +100,11 @@ def build_figures(tables: dict[str, pd.DataFrame]) -> list[tuple[str, str, bytes
             figures.append((f"layers-{tag}.png", f"Per-layer sparsity of each curve's matching ticket (super ticket "
                             f"where none matches), first seed ({name}). {collapse}.",
                             _png(layer_figure(sel["layer_sparsity"], sel["super_tickets"]))))
+    if "mtl" in tables and not tables["mtl"].empty:
+        figures.append(("mtl.png", "Multi-task arms per task and the task average (raytickets mtl): mean ± std over "
+                        "seeds; plain = one shared encoder without masks, tickets_share = each task through its own "
+                        "super ticket, single = the tickets fine-tuned alone, random = random tickets of the same sizes",
+                        _png(mtl_figure(tables["mtl"]))))
     return figures
 
 
@@ -295,10 +303,11 @@ window.addEventListener("load", function () {{
 """
 
 
-def render_html(rows: list[list[str]], figures: list[tuple[str, str, bytes]], notes: list[str] = ()) -> str:
-    """The page: layer-collapse notes, the summary table (`analysis.summary_rows`) and every figure as a
-    base64 data URI."""
-    parts = []
+def render_html(rows: list[list[str]], figures: list[tuple[str, str, bytes]], notes: list[str] = (),
+                mtl_text: str = "") -> str:
+    """The page: layer-collapse notes, the summary table (`analysis.summary_rows`), the multi-task tables
+    (`analysis.mtl_markdown`, preformatted) and every figure as a base64 data URI."""
+    parts = [f"<pre>{html.escape(mtl_text)}</pre>"] if mtl_text else []
     for name, caption, png in figures:
         data = base64.b64encode(png).decode()
         parts.append(f'<figure id="{html.escape(name)}"><img alt="{html.escape(caption)}" '

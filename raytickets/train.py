@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .distributed import global_batches, loss_weight, world
 from .errors import ConfigError
 from .masks import Mask
-from .precision import autocast, resolve as resolve_precision, scaler as make_scaler
+from .precision import autocast, optimizer_step, resolve as resolve_precision, scaler as make_scaler
 from .tasks import TaskSpec, chance_metrics, compute_metrics
 
 
@@ -178,13 +178,7 @@ def finetune(
                 p.grad.mul_(keep)
             norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)))
             rates.append(scheduler.get_last_lr()[0])
-            if scaler:
-                scaler.step(optimizer)  # skips a step whose gradients overflowed
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(optimizer, scheduler, scaler)
             if mask is not None:
                 mask.apply(params, check=False)  # AdamW's decoupled decay must not move them either
             step, micro = step + 1, 0

@@ -24,6 +24,7 @@ from raytickets.config import (
 from raytickets.pruning import METHODS
 from raytickets.errors import ConfigError, RayticketsError
 from raytickets.sweep import load_config
+from raytickets.mtl import load_mtl_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -324,9 +325,12 @@ def test_configs_directory_is_not_empty():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_validates(path, monkeypatch):
     monkeypatch.chdir(REPO)  # relative glue_dir entries are relative to the repository root
-    cfg = load_config(str(path), [])
-    assert isinstance(cfg, SweepConfig)
     raw = read_yaml(path)
+    if "arms" in raw:  # a multi-task experiment (`raytickets mtl --config`): its `sweep` section finds the tickets
+        cfg, raw = load_mtl_config(path).sweep, raw["sweep"]
+    else:
+        cfg = load_config(str(path), [])
+    assert isinstance(cfg, SweepConfig)
     assert cfg.name == raw["name"]
     # every key the file sets reached the config (nothing dropped on the way)
     for section in ("train", "prune"):

@@ -1,0 +1,77 @@
+"""Which tickets the tasks share: each task's super ticket in a results root of single-task trajectories, by
+the analysis' rule (`analysis.best_tickets`), mapped to one mask per seed — and every way that can fail.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from .tasks import GLUE
+from .errors import ConfigError, ResultsError
+from .store import ResultsStore
+
+
+
+def super_ticket_masks(store: ResultsStore, tasks: Sequence[str], seeds: Sequence[int], method: str | None = None,
+                       setting_id: str | None = None, task_settings: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Each task's super ticket (`analysis.best_tickets`) as one row per seed: its ticket row of that seed
+    (model, method, task, setting_id, seed, mask_id, sparsity, metric_name, metric — at chance where it
+    collapsed —, metric columns, full_metric, training_steps, settings, ...) plus `level`, the chosen
+    sparsity level. `method` and `setting_id` (or its prefix; per task: `task_settings`) narrow the candidates
+    — a root that grew over several settings holds several curves per task. ResultsError or
+    ConfigError, naming what is there, when a task or a seed has no ticket, when a task has several
+    candidate curves, or when the tickets come from different models."""
+    from .analysis import best_tickets
+    from .curves import SPARSITY_DECIMALS, scored
+
+    rounds = store.rounds()
+    best = [b for b in best_tickets(store.root) if not pd.isna(b["sparsity"])]  # NaN: a curve without a pruned level
+    wanted = {t: (task_settings or {}).get(t, setting_id) for t in GLUE}
+    best = [b for b in best if (method is None or b["method"] == method)
+            and (wanted.get(b["task"]) is None or str(b["setting_id"]).startswith(str(wanted[b["task"]])))]
+    have = sorted({b["task"] for b in best}, key=list(GLUE).index)
+    missing = [t for t in tasks if t not in have]
+    if missing:
+        raise ResultsError(f"tickets: no super ticket for {', '.join(missing)} in {store.root}; tasks with one: "
+                           f"{', '.join(have) or 'none'}")
+    chosen = {}
+    for t in tasks:
+        curves = [b for b in best if b["task"] == t]
+        if len(curves) > 1:
+            listed = ", ".join(f"{b['method']} {str(b['setting_id'])[:8]} ({b['model']})" for b in curves)
+            raise ConfigError(f"tickets: {t} has super tickets of {len(curves)} settings in {store.root} ({listed}); "
+                              f"choose one with method=, setting_id= or task_settings.{t}=")
+        chosen[t] = curves[0]
+    models = {b["model"] for b in chosen.values()}
+    if len(models) > 1:
+        listed = ", ".join(f"{t}: {b['model']}" for t, b in chosen.items())
+        raise ConfigError(f"tickets: the tasks' super tickets come from different models ({listed}); the tasks "
+                          "share one encoder, so their tickets must be of one model")
+    tickets = scored(rounds[(rounds["kind"] == "ticket") & rounds["mask_id"].notna()])
+    out = []
+    for t, b in chosen.items():
+        mine = tickets[(tickets["task"] == t) & (tickets["model"] == b["model"]) & (tickets["method"] == b["method"])
+                       & (tickets["setting_id"] == b["setting_id"])
+                       & (tickets["sparsity"].round(SPARSITY_DECIMALS) == round(b["sparsity"], SPARSITY_DECIMALS))]
+        mine = mine.sort_values("finished_at", na_position="first").drop_duplicates("seed", keep="last")
+        absent = [s for s in seeds if s not in set(mine["seed"])]
+        if absent:
+            raise ResultsError(f"seeds: {t}'s super ticket (sparsity {b['sparsity']:.4f}, setting "
+                               f"{str(b['setting_id'])[:8]}) has seeds {sorted(mine['seed'].tolist())} in {store.root}; "
+                               f"no ticket for seed {', '.join(map(str, absent))}")
+        out.append(mine[mine["seed"].isin(seeds)].assign(sparsity=rounds.loc[mine.index, "sparsity"].astype(float),
+                                                         level=round(b["sparsity"], SPARSITY_DECIMALS)))
+    return pd.concat(out, ignore_index=True)
+
+
+def check_dev_rows(data_cfg, chosen: pd.DataFrame) -> None:
+    """The `single` arm is comparable only if both were scored on the same dev rows, equally truncated."""
+    for r in chosen.drop_duplicates("task").to_dict("records"):
+        data = json.loads(r["settings"]).get("data", {}) if isinstance(r["settings"], str) else {}
+        for name in ("max_dev_examples", "seed", "max_seq_length"):
+            if name in data and data[name] != getattr(data_cfg, name):
+                raise ConfigError(f"data.{name}: {getattr(data_cfg, name)!r}, but {r['task']}'s tickets were scored with "
+                                  f"data.{name}={data[name]!r}; the single arm compares on the same dev rows only")
