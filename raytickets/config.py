@@ -231,6 +231,7 @@ class TicketConfig:
 def _with_task_settings(cfg: TicketConfig, task: str, path: str) -> TicketConfig:
     data = to_dict(cfg)
     data.pop("per_task")
+    data["task"] = task  # validated as that task's trials run (a corpus is valid for mlm only)
     overrides = [f"{k}={_yaml(v)}" for k, v in cfg.per_task.get(task, {}).items()]
     try:
         return build(TicketConfig, apply_overrides(data, overrides))
@@ -297,7 +298,9 @@ class TransferConfig:
     """Transfer as Chen et al. ran it: tickets found on source tasks (and on mlm) fine-tuned on target tasks,
     each compared with the target's own ticket at the same sparsity and with a random mask there."""
 
-    source: str = ""  # the results root holding the source tickets (and, where there, the targets' own)
+    # The results root holding the source tickets (and, where there, the targets' own); "self": the tickets of
+    # this config's own search space, found first by the same command (`sweep.stages`).
+    source: str = ""
     sources: list[str] = field(default_factory=list)  # source tasks; empty = every task with tickets in `source`
     # Which source tickets: "matching" (each source's matching ticket, paper rule) and sparsity levels
     levels: list[Any] = field(default_factory=lambda: ["matching", 0.5, 0.7, 0.9])
@@ -417,6 +420,7 @@ class SweepConfig:
     name: str = "sweep"
     storage_path: str = "results"  # local directory or s3://bucket/prefix (every node must reach it)
     results_dir: str | None = None  # Parquet tables; default <storage_path>/<name>/results
+    work_dir: str | None = None  # trajectory state and tokenised data; default <storage_path>/<name>/work
     ticket: TicketConfig = field(default_factory=TicketConfig)  # defaults for every trial
     search: SearchConfig = field(default_factory=SearchConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)

@@ -18,6 +18,8 @@ from .models import layer_of, tensor_kind
 from .store import ResultsStore, first_line
 
 if TYPE_CHECKING:  # masks import torch; analysis loads it only when masks are read
+    import torch
+
     from .masks import Mask
 
 
@@ -100,8 +102,7 @@ def _whole_units(method: str) -> bool:
 def tensor_counts(mask_a, mask_b) -> pd.DataFrame:
     """Per tensor: its layer and kind, size, kept weights in each mask, intersection and union."""
     rows = []
-    for name, a in mask_a.tensors.items():
-        b = mask_b.tensors[name]
+    for name, a, b in shared_tensors(mask_a, mask_b):
         rows.append({
             "layer": layer_of(name), "kind": tensor_kind(name), "unit": "weight", "total": a.numel(),
             "kept_a": int(a.sum()), "kept_b": int(b.sum()),
@@ -116,8 +117,7 @@ def unit_counts(mask_a, mask_b, heads: int | None) -> pd.DataFrame:
     Heads are left out, with a warning, when the model's head count is unknown.
     """
     rows = []
-    for name, a in mask_a.tensors.items():
-        b = mask_b.tensors[name]
+    for name, a, b in shared_tensors(mask_a, mask_b):
         kind = tensor_kind(name)
         if kind == "query" and heads:
             alive_a, alive_b = a.reshape(heads, -1).all(dim=1), b.reshape(heads, -1).all(dim=1)
@@ -157,9 +157,17 @@ def aggregate_counts(counts: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def shared_tensors(mask_a, mask_b) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, tensor of a, tensor of b) of every tensor both masks hold. An MLM ticket has no pooler (its model
+    has none) while a GLUE ticket may prune it: two tickets are compared on the encoder they share."""
+    return [(name, a, mask_b.tensors[name]) for name, a in mask_a.tensors.items() if name in mask_b.tensors]
+
+
 def _check_layout(store: ResultsStore, a, b, id_a: str, id_b: str) -> None:
-    if a.shapes != b.shapes:
-        diff = sorted(set(a.shapes.items()) ^ set(b.shapes.items()))[0][0]
+    common = set(a.shapes) & set(b.shapes)
+    wrong = sorted(n for n in common if a.shapes[n] != b.shapes[n])
+    if wrong or not common:
+        diff = wrong[0] if wrong else sorted(set(a.shapes) ^ set(b.shapes))[0]
         path_a, path_b = (store.display(store.path("masks", f"{i}.parquet")) for i in (id_a, id_b))
         raise ResultsError(f"{path_a} and {path_b}: the masks' tensors or shapes disagree (first at {diff!r}); cannot compare")
 

@@ -57,9 +57,40 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
         cfg.ticket.model = _absolute(cfg.ticket.model)
     if cfg.results_dir:
         cfg.results_dir = _absolute(cfg.results_dir)
-    if cfg.search.transfer:
+    if cfg.work_dir:
+        cfg.work_dir = _absolute(cfg.work_dir)
+    if cfg.search.transfer and cfg.search.transfer.source != SELF:
         cfg.search.transfer.source = _absolute(cfg.search.transfer.source)
     return cfg
+
+
+SELF = "self"  # search.transfer.source: this config's own tickets, found by the same command first
+
+
+def stages(cfg: SweepConfig) -> list[SweepConfig]:
+    """The sweeps one command runs, in order: `cfg` itself, or — with `search.transfer.source: self` (Chen et
+    al.'s whole experiment: IMP on mlm and the GLUE tasks, then the transfer matrix) — first the ticket sweep
+    (the search space, no transfer), then the transfer sweep `<name>-transfer` on its results. Both write one
+    results root and share one work dir, so the transfer stage reads the targets' own tickets and any
+    trajectory it must extend from the first stage instead of retraining them."""
+    t = cfg.search.transfer
+    if t is None or t.source != SELF:
+        return [cfg]
+    tickets = copy.deepcopy(cfg)
+    tickets.search.transfer = None
+    tasks = set(_tasks(tickets))
+    unknown = [task for task in t.sources if task not in tasks]
+    if unknown:
+        raise ConfigError(f"search.transfer.sources: {unknown[0]!r} is not a task of the first stage's search "
+                          f"space (source: self); its tasks: {', '.join(sorted(tasks))}")
+    transfer = copy.deepcopy(cfg)
+    transfer.name = f"{cfg.name}-transfer"
+    transfer.results_dir = results_dir(tickets)
+    transfer.work_dir = str(work_dir(tickets))
+    transfer.search.transfer.source = results_dir(tickets)
+    transfer.search.space = {}  # the trials are the transfer jobs (their targets and seeds)
+    transfer.search.mode, transfer.search.num_samples, transfer.search.scheduler = "grid", 1, "none"
+    return [tickets, transfer]
 
 
 def param_space(cfg: SweepConfig) -> dict:
@@ -239,7 +270,25 @@ def kept_weights(cfg: SweepConfig) -> tuple[int, float]:
 
 def run(cfg: SweepConfig, address: str | None = None, resume: bool = False, temp_dir: str | None = None,
         dashboard_port: int | None = None) -> list[dict]:
-    """Validate, connect, prepare data, run (or resume) the sweep; return the super ticket per task."""
+    """Run (or resume) every stage of `cfg` (`stages`); return the super ticket per task of the last one. On
+    `resume`, a stage that never started starts; one that finished restores at once (nothing left to run)."""
+    from ray import tune
+
+    parts = stages(cfg)
+    if len(parts) == 1:
+        return run_stage(cfg, address, resume, temp_dir, dashboard_port)
+    if resume and not tune.Tuner.can_restore(sweep_dir(parts[0])):
+        raise ConfigError(f"--resume: {sweep_dir(parts[0])!r} holds no sweep to resume")
+    best: list[dict] = []
+    for i, stage in enumerate(parts, 1):
+        print(f"\n== stage {i}/{len(parts)}: {stage.name} ==", flush=True)
+        best = run_stage(stage, address, resume and tune.Tuner.can_restore(sweep_dir(stage)), temp_dir, dashboard_port)
+    return best
+
+
+def run_stage(cfg: SweepConfig, address: str | None = None, resume: bool = False, temp_dir: str | None = None,
+              dashboard_port: int | None = None) -> list[dict]:
+    """Validate, connect, prepare data, run (or resume) one sweep; return the super ticket per task."""
     from ray import tune
 
     if resume and not tune.Tuner.can_restore(sweep_dir(cfg)):
@@ -308,7 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
-            print(plan(cfg, param_space(cfg)))
+            parts = stages(cfg)
+            print(plan(parts[0], param_space(parts[0])))
+            for stage in parts[1:]:
+                t = stage.search.transfer
+                print(f"then sweep {stage.name}: transfer of {', '.join(t.sources) or 'every task'}'s tickets at "
+                      f"{', '.join(map(str, t.levels))} to {', '.join(t.targets)}, seeds {t.seeds}, random mask "
+                      f"{'on' if t.random else 'off'}, own tickets {'on' if t.own else 'off'}; results: "
+                      f"{results_dir(stage)}")
             return 0
         run(cfg, args.address, args.resume, args.temp_dir, args.dashboard_port)
         return 0

@@ -361,12 +361,14 @@ class Trajectory:
                                   f"for {self.cfg.prune.method!r} tickets")
             ctx = self._pruning_on(prep, params, rewind.state, salt=700_001)
             mask = random_prune(Mask.ones_like(params), level, "global", ctx.generator)
-            source_mask_id = mask.mask_id
+            source_mask_id, sparsity = mask.mask_id, mask.sparsity()
         else:
-            mask = mask.extended_to(params)
+            # The row's level is the source ticket's own sparsity: Chen et al. compare TRANSFER(S, T) with T's
+            # ticket at S's level, though tensors S lacks (an MLM ticket's pooler) stay dense on T.
+            sparsity, mask = mask.sparsity(), mask.extended_to(params)
         started = _now()
         res = self._train(prep, params, mask, rewind, f"transfer from {source_task}")
-        row = replace(self._row(1, "transfer", mask.sparsity(), res, mask, started, full.rows[0].metric),
+        row = replace(self._row(1, "transfer", sparsity, res, mask, started, full.rows[0].metric),
                       source_task=source_task, source_mask_id=source_mask_id)
         self._emit(on_round, RoundState(1, [row], mask, masks={mask.mask_id: mask}))
         return [*full.rows, row]

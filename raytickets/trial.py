@@ -25,6 +25,8 @@ def sweep_dir(cfg: SweepConfig) -> str:
 
 def work_dir(cfg: SweepConfig) -> Path:
     """Trajectory state and the tokenised data: a local (or NFS-mounted) directory every worker sees."""
+    if cfg.work_dir:
+        return Path(cfg.work_dir)
     if "://" in cfg.storage_path:  # object storage: state stays on the node (a retry elsewhere recomputes)
         return Path.home() / "raytickets-work" / cfg.name
     return Path(sweep_dir(cfg)) / "work"

@@ -512,3 +512,23 @@ def test_results_with_only_full_models_give_empty_findings(tmp_path):
     assert tables["curves"].empty and tables["super_tickets"].empty and tables["layer_sparsity"].empty
     assert analysis.summary_rows(tables) == [["—"] * len(analysis.SUMMARY_HEADER)]
     assert analysis.best_tickets(tmp_path) == []
+
+
+def test_an_mlm_ticket_without_a_pooler_is_compared_with_a_glue_ticket_on_the_encoder_they_share(tmp_path):
+    """BertForMaskedLM has no pooler, so an MLM mask lacks the pooler tensor a GLUE mask may hold: overlap counts
+    the tensors both hold (analyze on a root with mlm and sst2 tickets failed on this), and refuses masks that
+    share no tensor or disagree on a shape."""
+    from raytickets.overlap import _check_layout, tensor_counts
+
+    q = "encoder.layer.0.attention.self.query.weight"
+    mlm = Mask({q: torch.tensor([[1, 0], [1, 1]])})
+    glue = Mask({q: torch.tensor([[1, 1], [0, 1]]), "pooler.dense.weight": torch.tensor([[0, 0], [0, 1]])})
+    store = ResultsStore(tmp_path)
+    _check_layout(store, mlm, glue, "a", "b")
+    counts = tensor_counts(mlm, glue)
+    assert list(counts["kind"]) == ["query"] and counts[["total", "intersection", "union"]].iloc[0].tolist() == [4, 2, 4]
+
+    with pytest.raises(ResultsError, match="shapes disagree"):
+        _check_layout(store, mlm, Mask({q: torch.ones(2, 3)}), "a", "b")
+    with pytest.raises(ResultsError, match="shapes disagree"):
+        _check_layout(store, mlm, Mask({"pooler.dense.weight": torch.ones(2, 2)}), "a", "b")

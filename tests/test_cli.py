@@ -23,6 +23,7 @@ SUBCOMMANDS = {  # subcommand -> something only its help mentions
     "analyze": "results_dir",
     "report": "results_dir",
     "export": "--mask-id",
+    "mtl": "--tickets",
 }
 
 

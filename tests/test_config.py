@@ -351,3 +351,16 @@ def test_readme_lists_every_method():
     assert [cells[1].strip().strip("`") for cells in rows] == list(METHODS)
     for cells, cls in zip(rows, METHODS.values()):
         assert cells[2].strip().replace("\\|", "|") == cls.summary, cls.name
+
+
+def test_a_per_task_setting_is_validated_as_that_tasks_trials_run(tmp_path):
+    """`per_task.mlm.data.corpus` is valid although the template's task is a GLUE task (it used to be checked
+    against the template's task and refused); on a GLUE task it is still refused."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("one sentence\nanother sentence\n")
+    cfg = build(TicketConfig, {"task": "sst2", "prune": {"rounds": 1}, "per_task": {"mlm": {"data.corpus": str(corpus)}}})
+    cfg.validate("ticket")
+    assert resolve(build(TicketConfig, {**to_dict(cfg), "task": "mlm"})).data.corpus == str(corpus)
+    bad = build(TicketConfig, {"task": "sst2", "prune": {"rounds": 1}, "per_task": {"rte": {"data.corpus": str(corpus)}}})
+    with pytest.raises(ConfigError, match=r"^ticket.data.corpus: .* is read by the mlm task only; task is 'rte'"):
+        bad.validate("ticket")

@@ -439,3 +439,49 @@ def test_the_smoke_config_runs_as_shipped_on_a_tiny_model(tmp_path, tiny_model_d
     assert "sweep smoke: optuna search" in proc.stdout and "super ticket per task" in proc.stdout
     rows = ResultsStore(tmp_path / "storage" / "smoke" / "results").rounds()
     assert (rows["kind"] == "ticket").sum() >= 2 and rows["setting_id"].notna().all()
+
+
+def test_the_mlm_transfer_config_is_one_command_of_two_stages_and_resumes_without_duplicates(
+        tmp_path, tiny_model_dir, glue_dir, ray_tmp):
+    """configs/mlm-transfer.yaml (`search.transfer.source: self`) as shipped but for the model and the amount of
+    work: stage 1 finds IMP tickets on mlm and SST-2, stage 2 transfers the MLM ticket to SST-2 next to SST-2's own
+    ticket (read from stage 1, not retrained), into one results root; `--resume` afterwards restores both stages
+    and writes no row twice. (The random mask's transfer trial is the test above's: one trial fewer here.)"""
+    cfg = yaml.safe_load((REPO / "configs" / "mlm-transfer.yaml").read_text())
+    cfg["storage_path"] = str(tmp_path / "storage")
+    cfg["ticket"]["model"] = str(tiny_model_dir)
+    cfg["ticket"]["data"].update(glue_dir=str(glue_dir), max_train_examples=32, max_dev_examples=32,
+                                 max_seq_length=32, cache_dir=str(tmp_path / "cache"))
+    cfg["ticket"]["per_task"]["mlm"]["data.max_seq_length"] = 32
+    # A small text corpus: the offline default (every GLUE training sentence, 87k) takes minutes to tokenise here.
+    sentences = [line.split("\t")[0] for line in (Path(glue_dir) / "SST-2" / "train.tsv").read_text().splitlines()[1:401]]
+    (tmp_path / "corpus.txt").write_text("\n".join(sentences) + "\n")
+    cfg["ticket"]["per_task"]["mlm"]["data.corpus"] = str(tmp_path / "corpus.txt")
+    cfg["ticket"]["train"] = {"max_steps": 2, "batch_size": 16, "learning_rate": 1e-3}
+    cfg["search"]["space"] = {"task": {"values": ["mlm", "sst2"]}, "train.seed": {"values": [0]}}
+    cfg["search"]["transfer"].update(sources=["mlm"], targets=["sst2"], seeds=[0], random=False)  # random: above
+    config = tmp_path / "mlm-transfer.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = run_sweep(config, ray_tmp, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "== stage 1/2: mlm-transfer ==" in proc.stdout and "== stage 2/2: mlm-transfer-transfer ==" in proc.stdout
+    results = tmp_path / "storage" / "mlm-transfer" / "results"
+    raw = raw_rounds(results)
+    tickets = raw[raw["kind"] == "ticket"]
+    assert sorted(set(tickets["task"])) == ["mlm", "sst2"] and set(tickets["sparsity"].round(2)) == {0.3, 0.51}
+    moved = raw[raw["kind"] == "transfer"]
+    (mlm_mask,) = tickets.query("task == 'mlm' and round == 2")["mask_id"]
+    assert list(zip(moved["source_task"], moved["task"])) == [("mlm", "sst2")]
+    assert set(moved.loc[moved["source_task"] == "mlm", "source_mask_id"]) == {mlm_mask}
+    assert len(tickets.query("task == 'sst2'")) == 2  # SST-2's own ticket was read, not trained again
+    assert not (tmp_path / "storage" / "mlm-transfer-transfer" / "work").exists()  # stage 2 used stage 1's work dir
+
+    again = run_sweep(config, ray_tmp, "--resume")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    after = raw_rounds(results)
+    assert len(after) == len(raw) and not after.duplicated(["trial", "round", "kind", "task", "source_task"]).any()
+    from raytickets.analysis import analyze
+
+    table = analyze(results)["transfer"]
+    mlm = table[table["source_task"] == "mlm"]
+    assert len(mlm) == 1 and mlm["ticket_seeds"].eq(1).all() and mlm["ticket_mean"].notna().all()
