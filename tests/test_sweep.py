@@ -112,7 +112,7 @@ def test_optuna_asha_on_gain_stops_trials_only_against_their_own_task(tmp_path, 
     config = sweep_config(tmp_path, tiny_model_dir, mixed_glue_dir, search__num_samples=7,
                           search__space={"task": {"values": ["sst2", "stsb"]}, "prune.rate": {"low": 0.2, "high": 0.7}},
                           ticket__train={"max_steps": 6, "learning_rate": 1e-2})
-    proc = run_sweep(config, ray_tmp)
+    proc = run_sweep(config, ray_tmp, timeout=900)  # seven trials: ~4 min on a quiet 2-core machine, 10 on a busy one
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Ray dashboard: http://127.0.0.1:" in proc.stdout and "super ticket per task" in proc.stdout
 
