@@ -193,7 +193,11 @@ def make_tuner(cfg: SweepConfig, space: dict, restore: bool = False):
         tune.with_parameters(trial_driver, sweep=config.to_dict(cfg)), {"cpu": cfg.resources.trial_driver_cpus}
     )
     if restore:
-        return tune.Tuner.restore(sweep_dir(cfg), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # tuner.pkl leaves the param space out (Ray 2.60 `TunerInternal.__getstate__`): without it, a sweep killed
+        # before Tune saved its searcher's state resumes by generating trials from an empty space (the template's
+        # defaults: another task, another rate)
+        return tune.Tuner.restore(sweep_dir(cfg), trainable=trainable, param_space=space, resume_unfinished=True,
+                                  resume_errored=True)
     search_alg = None
     if cfg.search.mode == "optuna":  # a trial stopped early is reported as its best round so far
         search_alg = OptunaSearch(metric=f"best_{metric}", mode="max", seed=cfg.search.seed)

@@ -475,6 +475,29 @@ def test_the_driver_killed_ten_times_at_random_moments_ends_with_the_rows_of_an_
           f"{time.time() - started:.0f} s in all; the sweep removed {removed} placement group(s) killed drivers left")
 
 
+def test_a_driver_killed_before_tune_saved_any_trial_resumes_the_searched_space(
+        tmp_path, tiny_model_dir, glue_dir, cluster):
+    """Tune writes tuner.pkl as it builds the Tuner, before any trial or searcher state exists, and leaves the param
+    space out of it: a driver killed in that window left a sweep that `--resume` ran as one trial of an empty space
+    (the template's own task and rate, a grid point nobody asked for). The searched grid must run instead."""
+    config = grid(tmp_path, tiny_model_dir, glue_dir, rates=(0.2,), rounds=1, max_steps=2)
+    experiment = tmp_path / "storage" / "t"
+    cluster.python(textwrap.dedent(f"""
+        import sys
+        import ray
+        from raytickets.sweep import load_config, make_tuner, param_space
+
+        ray.init(address=sys.argv[1], log_to_driver=False)
+        cfg = load_config({str(config)!r}, [])
+        make_tuner(cfg, param_space(cfg))  # what a driver has done when the kill comes: built the Tuner, no fit()
+    """))
+    assert (experiment / "tuner.pkl").is_file() and not list(experiment.glob("experiment_state*"))
+    out = cluster.run_sweep(config, "--resume", timeout=480)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = raw_rounds(experiment / "results")
+    assert set(zip(rows.task, rows.rate)) == {("rte", 0.2)} and sorted(rows["round"]) == [0, 1], rows
+
+
 STATE = textwrap.dedent("""
     # What holds the cluster: free resources and every live placement group with its creator (for a failure message).
     import json, sys
