@@ -329,7 +329,7 @@ class TransferConfig:
 
 @dataclass
 class SearchConfig:
-    mode: Literal["optuna", "grid"] = "optuna"
+    mode: Literal["optuna", "grid", "mtl"] = "optuna"
     # Keys are TicketConfig paths ("prune.rate"); "a,b" zips dimensions: values are [a, b] pairs, one trial each.
     space: dict[str, ParamSpec] = field(default_factory=dict)
     num_samples: int = 4  # optuna: trials; grid: repeats of the whole grid
@@ -341,8 +341,17 @@ class SearchConfig:
     metric: str = "gain"  # ticket metric minus the full model's on the same task and seed
     # transfer mode: the trials are the transfer experiment (raytickets/transfer.py), not the space
     transfer: TransferConfig | None = None
+    # mtl mode: the trials are a multi-task experiment's (arm, seed) runs (raytickets/mtl_sweep.py): the fields of
+    # `raytickets mtl`'s config (mtl.MTLConfig) but its workers, which `resources` gives; checked by that module
+    mtl: dict[str, Any] | None = None
 
     def validate(self, path: str, ticket: TicketConfig | None = None) -> None:
+        if (self.mode == "mtl") != (self.mtl is not None):
+            raise ConfigError(f"{path}.mtl: " + ("mtl mode needs the multi-task experiment (tasks, tickets, seeds, "
+                                                 "arms, ...)" if self.mode == "mtl" else
+                                                 f"read only in mtl mode; search.mode is {self.mode}"))
+        if self.mode == "mtl" and self.transfer is not None:
+            raise ConfigError(f"{path}.transfer: not in mtl mode; a sweep runs transfer jobs or multi-task runs")
         for key, spec in self.space.items():
             spec.validate(f"{path}.space.{key}")
             parts = key.split(",")  # "prune.head_fraction,prune.ffn_fraction": values are tuples, zipped
@@ -429,9 +438,19 @@ class SweepConfig:
     def validate(self, path: str = "") -> None:
         if not self.name or any(c in self.name for c in "/\\ "):
             raise ConfigError(f"name: {self.name!r} must be non-empty, without slashes or spaces")
-        self.ticket.validate("ticket")
+        # An mtl sweep on stored tickets trains no trajectory: its template is not read (and must not be set)
+        sweeps_tickets = not (self.search.mode == "mtl" and (self.search.mtl or {}).get("tickets") != "self")
+        if sweeps_tickets:
+            self.ticket.validate("ticket")
+        elif self.ticket != TicketConfig():
+            raise ConfigError("ticket: an mtl sweep on stored tickets (search.mtl.tickets) does not read it; set the "
+                              "multi-task runs' data and train in search.mtl, or use search.mtl.tickets: self")
         self.search.validate("search", self.ticket)
         self.resources.validate("resources")
+        if self.search.mode == "mtl":
+            from .mtl_sweep import experiment
+
+            experiment(self)
         if self.max_failures < 0:
             raise ConfigError(f"max_failures: {self.max_failures} must be >= 0")
 

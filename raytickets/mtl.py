@@ -363,11 +363,7 @@ def run(p: Plan, on_run: Callable[[str, int, list[RoundRow], bool], None] | None
     for arm, seed in [(a, s) for s in p.cfg.seeds for a in p.cfg.arms if (a, s) in p.done]:
         if on_run:
             on_run(arm, seed, [], True)
-    for arm, seed in [r for r in todo if not ARMS[r[0]].trains]:
-        rows = single_rows(p, seed)
-        record(out, rows, {})
-        if on_run:
-            on_run(arm, seed, rows, False)
+    record_read_arms(p, on_run)
     trained = [r for r in todo if ARMS[r[0]].trains]
     if trained and p.cfg.workers:
         from .mtl_ray import run_on_ray
@@ -380,6 +376,15 @@ def run(p: Plan, on_run: Callable[[str, int, list[RoundRow], bool], None] | None
         if on_run:
             on_run(arm, seed, rows, False)
     return p
+
+
+def record_read_arms(p: Plan, on_run: Callable[[str, int, list[RoundRow], bool], None] | None = None) -> None:
+    """Store the pending runs of the arms that train nothing (`single`: the tickets' own rows, read)."""
+    for arm, seed in [r for r in p.pending() if not ARMS[r[0]].trains]:
+        rows = single_rows(p, seed)
+        record(ResultsStore(p.cfg.out), rows, {})
+        if on_run:
+            on_run(arm, seed, rows, False)
 
 
 def results(p: Plan) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -25,7 +25,7 @@ import numpy as np
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
 
-from . import config
+from . import config, mtl_sweep
 from .cluster import check_resources, check_storage, connect, trial_resources
 from .config import SweepConfig
 from .errors import ConfigError, RayticketsError
@@ -61,6 +61,8 @@ def absolute_paths(cfg: SweepConfig) -> SweepConfig:
         cfg.work_dir = _absolute(cfg.work_dir)
     if cfg.search.transfer and cfg.search.transfer.source != SELF:
         cfg.search.transfer.source = _absolute(cfg.search.transfer.source)
+    if cfg.search.mtl is not None:
+        mtl_sweep.absolute_paths(cfg, _absolute)
     return cfg
 
 
@@ -72,7 +74,10 @@ def stages(cfg: SweepConfig) -> list[SweepConfig]:
     al.'s whole experiment: IMP on mlm and the GLUE tasks, then the transfer matrix) — first the ticket sweep
     (the search space, no transfer), then the transfer sweep `<name>-transfer` on its results. Both write one
     results root and share one work dir, so the transfer stage reads the targets' own tickets and any
-    trajectory it must extend from the first stage instead of retraining them."""
+    trajectory it must extend from the first stage instead of retraining them. `search.mtl.tickets: self` runs
+    the same two stages for multi-task learning (`mtl_sweep.stages`)."""
+    if cfg.search.mode == "mtl":
+        return mtl_sweep.stages(cfg, results_dir)
     t = cfg.search.transfer
     if t is None or t.source != SELF:
         return [cfg]
@@ -189,6 +194,7 @@ def make_tuner(cfg: SweepConfig, space: dict, restore: bool = False):
     from ray.tune.search.optuna import OptunaSearch
 
     metric = cfg.search.metric
+    mtl = cfg.search.mode == "mtl"  # every (arm, seed) run is one trial that trains to its end: no scheduler
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, sweep=config.to_dict(cfg)), {"cpu": cfg.resources.trial_driver_cpus}
     )
@@ -202,7 +208,7 @@ def make_tuner(cfg: SweepConfig, space: dict, restore: bool = False):
     if cfg.search.mode == "optuna":  # a trial stopped early is reported as its best round so far
         search_alg = OptunaSearch(metric=f"best_{metric}", mode="max", seed=cfg.search.seed)
     scheduler = None
-    if cfg.search.scheduler == "asha":
+    if cfg.search.scheduler == "asha" and not mtl:
         # ASHA stops every trial that reaches max_t reports. A searched prune.rounds or target_sparsity
         # can take a trial past the template's rounds, and trajectories end by themselves anyway, so
         # max_t is only an upper bound on rounds (rungs beyond the last round are never reached).
@@ -214,7 +220,7 @@ def make_tuner(cfg: SweepConfig, space: dict, restore: bool = False):
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            search_alg=search_alg, scheduler=scheduler, num_samples=cfg.search.num_samples,
+            search_alg=search_alg, scheduler=scheduler, num_samples=1 if mtl else cfg.search.num_samples,
             max_concurrent_trials=cfg.search.max_concurrent_trials,
         ),
         run_config=tune.RunConfig(
@@ -301,17 +307,28 @@ def run_stage(cfg: SweepConfig, address: str | None = None, resume: bool = False
     space = param_space(cfg)
     if cfg.search.transfer:
         space[JOB_KEY] = tune.grid_search(transfer_plan(cfg))
+    experiment = mtl_sweep.start(cfg) if cfg.search.mode == "mtl" else None  # its bad input fails here
+    if experiment is not None:
+        space[mtl_sweep.MTL_KEY] = tune.grid_search(mtl_sweep.runs(experiment))
     context = connect(address, cfg, temp_dir, dashboard_port)
     check_resources(cfg)
     if context is not None and getattr(context, "dashboard_url", None):
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
-    print(plan(cfg, space), flush=True)
+    print(mtl_sweep.describe(experiment) if experiment is not None else plan(cfg, space), flush=True)
     started = time.time()
-    prepare_data(cfg, _tasks(cfg))
+    if experiment is not None:
+        mtl_sweep.prepare(experiment)
+    else:
+        prepare_data(cfg, _tasks(cfg))
     grid = make_tuner(cfg, space, restore=resume).fit()
     errors = [r.error for r in grid if r.error is not None]
-    best = summary(cfg)
     print(f"\nsweep finished in {time.time() - started:.0f} s; {len(grid)} trial(s), {len(errors)} failed")
+    if experiment is not None:
+        mtl_sweep.finish(experiment, started)
+        if errors:
+            raise RayticketsError(f"{len(errors)} trial(s) failed; first: {root_cause(errors[0])}")
+        return []
+    best = summary(cfg)
     print("super ticket per task (analysis rule: best ticket mean over seeds, ties to the sparser level):")
     for b in best:
         print(f"  {b['task']:6s} setting {str(b['setting_id'])[:8]}  sparsity {b['sparsity']:.4f}"
@@ -362,8 +379,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
             parts = stages(cfg)
-            print(plan(parts[0], param_space(parts[0])))
+            first = parts[0]
+            print(mtl_sweep.describe(mtl_sweep.start(first)) if first.search.mode == "mtl"
+                  else plan(first, param_space(first)))
             for stage in parts[1:]:
+                if stage.search.mode == "mtl":
+                    print(mtl_sweep.describe_stage(stage))
+                    continue
                 t = stage.search.transfer
                 print(f"then sweep {stage.name}: transfer of {', '.join(t.sources) or 'every task'}'s tickets at "
                       f"{', '.join(map(str, t.levels))} to {', '.join(t.targets)}, seeds {t.seeds}, random mask "

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import mtl_sweep
 from .config import SweepConfig, TicketConfig
+from .mtl_sweep import MTL_KEY
 from .loader import apply_overrides, build, to_dict
 from .transfer import OwnJob, TransferJob, job_of, overrides_of
 
@@ -61,9 +63,17 @@ def trial_driver(params: dict, sweep: dict) -> None:
     own = ray.util.get_current_placement_group()  # Tune's for this trial; the Train controller runs inside it
     trial_pg = own.id.hex() if own is not None else None
     r = cfg.resources
+    loop, loop_config = worker_loop, {"sweep": sweep, "params": params, "trial": trial_id, "trial_pg": trial_pg}
+    run = params.get(MTL_KEY)
+    if run is not None:  # an mtl sweep's trial: one (arm, seed) multi-task run
+        job = mtl_sweep.trial_job(cfg, run)
+        if job is None:  # stored already (before a kill, or by `raytickets mtl`): never trained twice
+            tune.report(mtl_sweep.trial_result(cfg, run))
+            return
+        loop, loop_config = job
     trainer = TorchTrainer(
-        worker_loop,
-        train_loop_config={"sweep": sweep, "params": params, "trial": trial_id, "trial_pg": trial_pg},
+        loop,
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=trial_resources(cfg)
         ),
@@ -80,6 +90,8 @@ def trial_driver(params: dict, sweep: dict) -> None:
     finally:  # the run is over: nothing of it may hold the cluster (ray-project/ray#54305)
         if trial_pg is not None:
             remove_leftover_placement_groups(trial_pg, owners={trial_pg: trial_id})
+    if run is not None:  # its workers report nothing to Tune: the rows they stored are the result
+        tune.report(mtl_sweep.trial_result(cfg, run))
 
 
 TRAIN_CONTROLLER = "TrainController"  # Ray 2.60's class of the actor that creates a Train run's placement group

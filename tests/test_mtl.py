@@ -628,3 +628,88 @@ def test_the_command_on_two_ray_train_workers_stores_each_row_once(tickets_root,
     rows = raw_rounds(tmp_path / "out")
     assert len(rows) == 2 * 2 and not rows.duplicated(["arm", "task", "seed"]).any()
     assert set(rows["training_steps"]) == {2}
+
+
+# ------------------------------------------------------------------------------- search.mode: mtl
+
+
+def mtl_sweep_config(tmp_path: Path, tickets_root: Path, data_cfg: DataConfig, **mtl) -> Path:
+    import yaml
+
+    section = {"tasks": list(TASKS), "tickets": str(tickets_root), "out": str(tmp_path / "out"), "seeds": [0],
+               "arms": ["plain", "tickets_share", "single"], "data": dataclasses.asdict(data_cfg),
+               "train": {"max_steps": 2, "batch_size": 8, "eval_batch_size": 32, "learning_rate": 1e-3,
+                         "warmup_ratio": 0.0}, **mtl}
+    cfg = {"name": "t", "storage_path": str(tmp_path / "storage"), "search": {"mode": "mtl", "mtl": section},
+           "resources": {"num_workers": 1, "cpus_per_worker": 1.9, "trial_driver_cpus": 0.1, "num_cpus": 2}}
+    path = tmp_path / "mtl-sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_an_mtl_sweep_trains_each_arm_and_seed_as_a_trial_and_never_a_stored_run_twice(tickets_root, data_cfg, tmp_path):
+    """`search.mode: mtl`: one Tune trial per (arm, seed) run that trains; `single` stored by the driver; a run
+    `raytickets mtl` stored before is a trial that ends without training; `--resume` afterwards adds nothing."""
+    import tempfile
+
+    from test_sweep import run_sweep, trial_results
+
+    config = mtl_sweep_config(tmp_path, tickets_root, data_cfg)
+    run(plan(mtl_cfg(tickets_root, tmp_path / "out", data_cfg, seeds=[0], arms=["plain"])))  # stored before
+    before = raw_rounds(tmp_path / "out")
+    proc = run_sweep(config, tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "one trial per (arm, seed) run that trains (2)" in proc.stdout and "multi-task results" in proc.stdout
+    rows = raw_rounds(tmp_path / "out")
+    assert len(rows) == 3 * 2 and not rows.duplicated(["arm", "task", "seed"]).any()
+    plain = rows[rows["arm"] == "plain"].set_index("task")["finished_at"]
+    assert plain.equals(before.set_index("task")["finished_at"])  # stored by the command: not trained again
+    trained = rows[rows["arm"] == "tickets_share"]
+    assert set(trained["training_steps"]) == {2} and trained["mask_id"].notna().all()
+    reports = {r["reports"][-1]["arm"]: r["reports"][-1] for r in trial_results(tmp_path / "storage")}
+    assert set(reports) == {"plain", "tickets_share"}  # `single` trains nothing: no trial
+    assert reports["tickets_share"]["mean_metric"] == pytest.approx(trained["metric"].mean())
+
+    again = run_sweep(config, tempfile.mkdtemp(prefix="rt", dir="/tmp"), "--resume")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    pd.testing.assert_frame_equal(raw_rounds(tmp_path / "out"), rows)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"workers": 2}, "search.mtl.workers: set by resources.num_workers in a sweep"),
+    ({"tickets": None}, "search.mtl.tickets: give the results root"),
+    ({"tasks": ["sst2", "qqp"]}, "search.mtl.tickets: no super ticket for qqp .*; tasks with one: "),
+    ({"alpha": 0}, r"search.mtl.alpha: 0.0 must be in \(0, 1\]"),
+])
+def test_an_mtl_sweep_refuses_bad_input_in_one_line_before_ray_starts(tickets_root, data_cfg, tmp_path, capsys, fields,
+                                                                      message):
+    import re
+
+    from raytickets.sweep import main as sweep_main
+
+    assert sweep_main(["--config", str(mtl_sweep_config(tmp_path, tickets_root, data_cfg, **fields)), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+
+
+def test_mtl_tickets_self_is_the_ticket_grid_then_the_mtl_sweep_on_its_results(capsys):
+    """`search.mtl.tickets: self` (configs/liang2021-mtl-sweep.yaml): one command, two stages — the grid of
+    `search.space` (no scheduler: every seed reaches every level), then the mtl sweep reading its results and
+    writing into the same root, sharing its tokenised cache."""
+    from raytickets.sweep import load_config, main as sweep_main, stages
+    from raytickets.trial import results_dir, work_dir
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "liang2021-mtl-sweep.yaml")
+    tickets, runs = stages(load_config(config, []))
+    assert (tickets.search.mode, tickets.search.mtl, tickets.search.scheduler) == ("grid", None, "none")
+    assert set(tickets.search.space) == {"task", "train.seed"}
+    assert runs.name == f"{tickets.name}-mtl" and runs.search.mode == "mtl" and not runs.search.space
+    assert runs.search.mtl["tickets"] == runs.search.mtl["out"] == results_dir(tickets)
+    assert runs.work_dir == str(work_dir(tickets))
+    assert sweep_main(["--config", config, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "space: task={sst2, mrpc, rte, cola}, train.seed={0, 1, 2}" in out
+    assert f"then sweep {runs.name}: multi-task runs of sst2, mrpc, rte, cola" in out
+    with pytest.raises(ConfigError, match=r"search.space.train.seed: .* 2 is not among its values \[0, 1\]"):
+        stages(load_config(config, ["search.space.train.seed.values=[0,1]"]))
