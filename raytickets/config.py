@@ -344,12 +344,23 @@ class SearchConfig:
     # mtl mode: the trials are a multi-task experiment's (arm, seed) runs (raytickets/mtl_sweep.py): the fields of
     # `raytickets mtl`'s config (mtl.MTLConfig) but its workers, which `resources` gives; checked by that module
     mtl: dict[str, Any] | None = None
+    # grid mode without a scheduler: k grid points per trial, trained one after another on the same Ray Train
+    # workers, so a Train start-up (~15 s on 2 cores: README "How a sweep runs") is paid once for k trajectories
+    trajectories_per_trial: int = 1
 
-    def validate(self, path: str, ticket: TicketConfig | None = None) -> None:
+    def check_mode(self, path: str) -> None:
         if (self.mode == "mtl") != (self.mtl is not None):
             raise ConfigError(f"{path}.mtl: " + ("mtl mode needs the multi-task experiment (tasks, tickets, seeds, "
                                                  "arms, ...)" if self.mode == "mtl" else
                                                  f"read only in mtl mode; search.mode is {self.mode}"))
+
+    def validate(self, path: str, ticket: TicketConfig | None = None) -> None:
+        if self.trajectories_per_trial < 1:
+            raise ConfigError(f"{path}.trajectories_per_trial: {self.trajectories_per_trial} must be >= 1")
+        if self.trajectories_per_trial > 1 and (self.mode != "grid" or self.scheduler != "none"):
+            raise ConfigError(f"{path}.trajectories_per_trial: {self.trajectories_per_trial} needs mode: grid and "
+                              "scheduler: none (a scheduler or Optuna judges one trajectory a trial)")
+        self.check_mode(path)
         if self.mode == "mtl" and self.transfer is not None:
             raise ConfigError(f"{path}.transfer: not in mtl mode; a sweep runs transfer jobs or multi-task runs")
         for key, spec in self.space.items():
@@ -438,6 +449,7 @@ class SweepConfig:
     def validate(self, path: str = "") -> None:
         if not self.name or any(c in self.name for c in "/\\ "):
             raise ConfigError(f"name: {self.name!r} must be non-empty, without slashes or spaces")
+        self.search.check_mode("search")  # which mode decides what the ticket section is for
         # An mtl sweep on stored tickets trains no trajectory: its template is not read (and must not be set)
         sweeps_tickets = not (self.search.mode == "mtl" and (self.search.mtl or {}).get("tickets") != "self")
         if sweeps_tickets:

@@ -15,6 +15,7 @@ import argparse
 import copy
 import dataclasses
 import functools
+import itertools
 import os
 import re
 import sys
@@ -30,7 +31,7 @@ from .cluster import check_resources, check_storage, connect, trial_resources
 from .config import SweepConfig
 from .errors import ConfigError, RayticketsError
 from .transfer import job_of, plan as transfer_plan
-from .trial import JOB_KEY, results_dir, sweep_dir, trial_driver, work_dir
+from .trial import JOB_KEY, PACK_KEY, results_dir, sweep_dir, trial_driver, work_dir
 from .trial import remove_leftover_placement_groups
 
 MAX_ROUNDS = 1000  # ASHA's max_t: above any trajectory's last round
@@ -98,11 +99,14 @@ def stages(cfg: SweepConfig) -> list[SweepConfig]:
     return [tickets, transfer]
 
 
-def param_space(cfg: SweepConfig) -> dict:
-    """Tune's search space from the YAML one: choices, (log-)uniform floats, integer ranges, grids."""
+def param_space(cfg: SweepConfig, jobs: list[dict] | None = None) -> dict:
+    """Tune's search space from the YAML one: choices, (log-)uniform floats, integer ranges, grids; `jobs` (a
+    transfer sweep's, `transfer.plan`) crossed with it."""
     from ray import tune
 
-    space = {}
+    if cfg.search.trajectories_per_trial > 1:
+        return {PACK_KEY: tune.grid_search(packed_grid(cfg, jobs))}
+    space = {JOB_KEY: tune.grid_search(jobs)} if jobs else {}
     for key, spec in cfg.search.space.items():
         if cfg.search.mode == "grid":
             values = spec.values if spec.values is not None else _grid_values(spec)
@@ -116,6 +120,16 @@ def param_space(cfg: SweepConfig) -> dict:
         else:
             space[key] = tune.uniform(spec.low, spec.high)
     return space
+
+
+def packed_grid(cfg: SweepConfig, jobs: list[dict] | None = None) -> list[list[dict]]:
+    """The grid's points (the product of the space's values and the transfer jobs, the last varying fastest), in
+    groups of `search.trajectories_per_trial`: one group per trial. The same config always packs the same groups."""
+    keys = list(cfg.search.space) + ([JOB_KEY] if jobs else [])
+    values = [spec.values if spec.values is not None else _grid_values(spec) for spec in cfg.search.space.values()]
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*values, *([jobs] if jobs else []))]
+    k = cfg.search.trajectories_per_trial
+    return [points[i:i + k] for i in range(0, len(points), k)]
 
 
 def _grid_values(spec) -> list:
@@ -251,6 +265,10 @@ def plan(cfg: SweepConfig, space: dict) -> str:
         "space: " + ", ".join(f"{k}={_describe(v)}" for k, v in cfg.search.space.items()),
         f"results: {results_dir(cfg)}",
     ]
+    if PACK_KEY in space:
+        groups = space[PACK_KEY]["grid_search"]
+        lines.insert(3, f"packed: {sum(map(len, groups))} grid points as {len(groups)} trial(s) of up to "
+                        f"{cfg.search.trajectories_per_trial} trajectories, one Ray Train start-up each")
     return "\n".join(lines)
 
 
@@ -304,9 +322,7 @@ def run_stage(cfg: SweepConfig, address: str | None = None, resume: bool = False
     if resume and not tune.Tuner.can_restore(sweep_dir(cfg)):
         raise ConfigError(f"--resume: {sweep_dir(cfg)!r} holds no sweep to resume")
     check_storage(sweep_dir(cfg))
-    space = param_space(cfg)
-    if cfg.search.transfer:
-        space[JOB_KEY] = tune.grid_search(transfer_plan(cfg))
+    space = param_space(cfg, transfer_plan(cfg) if cfg.search.transfer else None)
     experiment = mtl_sweep.start(cfg) if cfg.search.mode == "mtl" else None  # its bad input fails here
     if experiment is not None:
         space[mtl_sweep.MTL_KEY] = tune.grid_search(mtl_sweep.runs(experiment))

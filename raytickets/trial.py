@@ -18,6 +18,7 @@ from .loader import apply_overrides, build, to_dict
 from .transfer import OwnJob, TransferJob, job_of, overrides_of
 
 JOB_KEY = "job"  # search-space key of a transfer sweep's trials: a transfer job as a dict (transfer.plan)
+PACK_KEY = "trajectories"  # search.trajectories_per_trial > 1: a trial's grid points, a list of params dicts
 
 
 def sweep_dir(cfg: SweepConfig) -> str:
@@ -154,25 +155,39 @@ def remove_leftover_placement_groups(trial_pg: str | None = None, owners: dict[s
 
 
 def worker_loop(config: dict) -> None:
-    """Ray Train worker: the trajectory's rounds under DDP; rank 0 writes rows, every rank reports."""
-    import ray
+    """Ray Train worker: the trial's trajectory (or, with `search.trajectories_per_trial`, each of its grid points
+    in turn, on the same workers) round by round under DDP; rank 0 writes rows, every rank reports."""
     import ray.train
     import torch
+
+    cfg = build(SweepConfig, config["sweep"])
+    params = config["params"]
+    points = params[PACK_KEY] if PACK_KEY in params else [params]
+    rank = ray.train.get_context().get_world_rank()
+    for i, point in enumerate(points):
+        ticket = trial_ticket(cfg, point)
+        if ticket.train.threads is None:
+            torch.set_num_threads(max(1, round(cfg.resources.cpus_per_worker)))
+        # each trajectory of a packed trial is a trial of the results (its own rows, ticket row and curve count)
+        name = config["trial"] if PACK_KEY not in params else f"{config['trial']}-{i}"
+        run_trajectory(cfg, ticket, point, name, rank, config.get("trial_pg"), i if PACK_KEY in params else None)
+
+
+def run_trajectory(cfg: SweepConfig, ticket: TicketConfig, params: dict, trial: str, rank: int, trial_pg: str | None,
+                   index: int | None) -> None:
+    """One trajectory (or transfer job) of a trial on this Ray Train worker, reporting each round to Tune."""
+    import ray
+    import ray.train
     from ray.train.torch import get_device
 
     from .results import Recorder
     from .store import ResultsStore
     from .tickets import Trajectory, round_lines
 
-    cfg = build(SweepConfig, config["sweep"])
-    ticket = trial_ticket(cfg, config["params"])
     ticket.train.progress = False  # a sweep logs one line a round, never a per-step bar
-    if ticket.train.threads is None:
-        torch.set_num_threads(max(1, round(cfg.resources.cpus_per_worker)))
-    rank = ray.train.get_context().get_world_rank()
     traj = Trajectory(ticket, work_dir(cfg), device=get_device())
     recorder = Recorder(ResultsStore(results_dir(cfg)) if rank == 0 else None, ticket.keep_weights,
-                        sweep=cfg.name, trial=config["trial"], node_id=ray.get_runtime_context().get_node_id())
+                        sweep=cfg.name, trial=trial, node_id=ray.get_runtime_context().get_node_id())
     best: dict[str, float] = {}
 
     def on_round(state) -> None:
@@ -188,13 +203,14 @@ def worker_loop(config: dict) -> None:
         ray.train.report({
             "round": state.round, "task": main.task, "full_metric": main.full_metric, "resumed": state.resumed,
             **report, **{f"best_{k}": v for k, v in best.items()},
+            **({"trajectory": index} if index is not None else {}),  # which grid point of a packed trial
             # every DDP rank's mask id for this round (empty when the round was loaded from disk)
             "replica_mask_ids": ",".join(traj.replica_mask_ids.get(state.round, [])),
             "node_id": ray.get_runtime_context().get_node_id(),
-            "trial_placement_group": config.get("trial_pg"),  # names the trial in sweep.PlacementGroupSweeper's log
+            "trial_placement_group": trial_pg,  # names the trial in sweep.PlacementGroupSweeper's log
         })
 
-    job = job_of(config["params"].get(JOB_KEY, {}))
+    job = job_of(params.get(JOB_KEY, {}))
     if isinstance(job, TransferJob):
         mask = ResultsStore(cfg.search.transfer.source).load_mask(job.mask_id) if job.mask_id else None
         traj.transfer(mask, job.source_task, job.mask_id, level=job.level, on_round=on_round)

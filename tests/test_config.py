@@ -127,13 +127,17 @@ def test_bad_ticket_field_is_one_line_naming_field_value_and_allowed(override, e
         (["search.space.prune.rate.low=0.5", "search.space.prune.rate.high=0.2"],
          ["search.space.prune.rate:", "low 0.5 > high 0.2"]),
         (["search.space.prune.rate.values=[]"], ["search.space.prune.rate.values:", "empty"]),
-        (["search.mode=random"], ["search.mode:", "'random'", "allowed: optuna, grid"]),
+        (["search.mode=random"], ["search.mode:", "'random'", "allowed: optuna, grid, mtl"]),
         (["search.transfer.source=/tmp", "search.transfer.targets=[sst2, nope]"],
          ["search.transfer.targets:", "'nope'", "allowed: cola"]),
         (["search.transfer.source=/tmp", "search.transfer.targets=[sst2]", "search.transfer.levels=[1.5]"],
          ["search.transfer.levels:", "1.5", "'matching' or a sparsity in (0, 1)"]),
         (["resources.num_workers=0"], ["resources.num_workers:", "0", ">= 1"]),
         (["name=my sweep"], ["name:", "'my sweep'", "without slashes or spaces"]),
+        (["search.trajectories_per_trial=3"], ["search.trajectories_per_trial:", "3", "mode: grid and scheduler: none"]),
+        (["search.trajectories_per_trial=0"], ["search.trajectories_per_trial:", "0", ">= 1"]),
+        (["search.mode=mtl"], ["search.mtl:", "mtl mode needs the multi-task experiment"]),
+        (["search.mtl.tasks=[sst2]"], ["search.mtl:", "read only in mtl mode; search.mode is optuna"]),
     ],
 )
 def test_bad_sweep_field_is_one_line_naming_field_value_and_allowed(overrides, expected):

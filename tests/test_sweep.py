@@ -297,6 +297,48 @@ def test_two_ddp_workers_train_what_one_worker_trains_weight_for_weight(tmp_path
             assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), (name, key, (a[key] - b[key]).abs().max())
 
 
+def test_a_packed_grid_trains_each_point_once_as_its_own_trial_of_the_results(tmp_path, tiny_model_dir, glue_dir,
+                                                                               ray_tmp):
+    """`search.trajectories_per_trial: 2` on a three-point grid: two Tune trials (one Ray Train start-up each) train
+    the three trajectories an unpacked sweep would, each its own `trial` in the rows with its own ticket row, the
+    same metrics and masks as the trajectory run alone; `--resume` afterwards rewrites nothing."""
+    from raytickets.sweep import load_config
+    from raytickets.tickets import Trajectory
+    from raytickets.trial import trial_ticket
+
+    config = sweep_config(
+        tmp_path, tiny_model_dir, glue_dir,
+        search={"mode": "grid", "space": {"task": {"values": ["rte"]}, "prune.rate": {"values": [0.2, 0.3, 0.4]}},
+                "num_samples": 1, "scheduler": "none", "trajectories_per_trial": 2},
+        ticket__train={"threads": 1})  # numbers that do not depend on the threads a process got
+    proc = run_sweep(config, ray_tmp)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "packed: 3 grid points as 2 trial(s) of up to 2 trajectories" in proc.stdout
+    trials = trial_results(tmp_path / "storage")
+    assert sorted(len(t["reports"]) for t in trials) == [2, 4]  # 2 rounds per trajectory, reported to Tune
+    assert sorted({r["trajectory"] for t in trials for r in t["reports"]}) == [0, 1]
+    results = tmp_path / "storage" / "t" / "results"
+    rows = raw_rounds(results)
+    assert not rows.duplicated(["trial", "round", "kind"]).any() and len(rows) == 3 * 3
+    assert rows.groupby("trial")["rate"].nunique().eq(1).all() and sorted(set(rows["rate"])) == [0.2, 0.3, 0.4]
+    tune_ids = {t["dir"].split("_")[2] + "_" + t["dir"].split("_")[3] for t in trials}
+    assert {name.rsplit("-", 1)[0] for name in rows["trial"]} == tune_ids  # <tune trial>-<point>
+    assert len(ResultsStore(results).tickets()) == 3
+
+    cfg = load_config(str(config), [])
+    for rate in (0.2, 0.3, 0.4):
+        alone = {(r.round, r.kind): (r.metric, r.mask_id) for r in
+                 Trajectory(trial_ticket(cfg, {"task": "rte", "prune.rate": rate}), tmp_path / f"alone-{rate}").run()}
+        packed = {(r["round"], r["kind"]): (r["metric"], r["mask_id"] if isinstance(r["mask_id"], str) else None)
+                  for r in rows[rows["rate"] == rate].to_dict("records")}
+        assert packed == alone, rate
+
+    again = run_sweep(config, tempfile.mkdtemp(prefix="rt", dir="/tmp"), "--resume")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    pd.testing.assert_frame_equal(raw_rounds(results).sort_values(["trial", "round", "kind"]).reset_index(drop=True),
+                                  rows.sort_values(["trial", "round", "kind"]).reset_index(drop=True))
+
+
 def test_two_node_cluster_runs_a_sweep_by_address(tmp_path, tiny_model_dir, glue_dir, ray_tmp):
     port, dash = free_port(), free_port()
     # Token authentication on, with one token for the head, the worker node and the driver (Ray 2.60
@@ -406,10 +448,12 @@ def test_transfer_sweep_writes_one_row_per_source_target_and_seed(tmp_path, tiny
     assert made.returncode == 0, made.stderr[-2000:]
     config = sweep_config(tmp_path, tiny_model_dir, glue_dir, results_dir=str(source),
                           search={"mode": "grid", "num_samples": 1, "scheduler": "none",
+                                  "trajectories_per_trial": 3,  # six jobs in two trials: two Train start-ups
                                   "transfer": {"source": str(source), "targets": ["rte"], "levels": [0.51],
                                                "seeds": [0, 1]}})
     proc = run_sweep(config, ray_tmp)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "packed: 6 grid points as 2 trial(s)" in proc.stdout
     raw = raw_rounds(source)
     moved = raw[raw["kind"] == "transfer"]
     (mask,) = raw.query("kind == 'ticket' and task == 'sst2' and round == 2")["mask_id"]
@@ -459,6 +503,7 @@ def test_the_mlm_transfer_config_is_one_command_of_two_stages_and_resumes_withou
     cfg["ticket"]["per_task"]["mlm"]["data.corpus"] = str(tmp_path / "corpus.txt")
     cfg["ticket"]["train"] = {"max_steps": 2, "batch_size": 16, "learning_rate": 1e-3}
     cfg["search"]["space"] = {"task": {"values": ["mlm", "sst2"]}, "train.seed": {"values": [0]}}
+    cfg["search"]["trajectories_per_trial"] = 2  # one Train start-up for both stage-1 trajectories
     cfg["search"]["transfer"].update(sources=["mlm"], targets=["sst2"], seeds=[0], random=False)  # random: above
     config = tmp_path / "mlm-transfer.yaml"
     config.write_text(yaml.safe_dump(cfg))
