@@ -141,7 +141,7 @@ def mid_trajectory(work: Path) -> str | None:
 def test_driver_killed_mid_trajectory_resumes_at_its_first_unfinished_round(tmp_path, tiny_model_dir, glue_dir, ray_tmp):
     config = sweep_config(
         tmp_path, tiny_model_dir, glue_dir,
-        search={"mode": "grid", "space": {"task": {"values": ["sst2", "rte"]}, "prune.rate": {"values": [0.2, 0.4]}},
+        search={"mode": "grid", "space": {"task": {"values": ["rte"]}, "prune.rate": {"values": [0.2, 0.4]}},
                 "num_samples": 1, "scheduler": "none"},
         ticket__train={"max_steps": 12},  # a round long enough to be caught in the middle of
     )
@@ -161,14 +161,14 @@ def test_driver_killed_mid_trajectory_resumes_at_its_first_unfinished_round(tmp_
     cut = mid_trajectory(work)  # what is on disk now is what the resume finds
     assert cut is not None, "the trajectory caught mid-way finished its round before its workers died"
     before = raw_rounds(results)
-    assert len(before) < 4 * 3, "the sweep finished before the kill"
+    assert len(before) < 2 * 3, "the sweep finished before the kill"
     assert not ((before["run_id"] == cut) & (before["round"] == 2)).any()  # cut mid-way: no round 2 yet
 
     proc = run_sweep(config, tempfile.mkdtemp(prefix="rt", dir="/tmp"), "--resume")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     after = raw_rounds(results)
     assert not after.duplicated(["trial", "round", "kind"]).any()
-    assert len(after) == 4 * 3  # 4 trials x (full model + 2 rounds): none lost, none twice
+    assert len(after) == 2 * 3  # 2 trials x (full model + 2 rounds): none lost, none twice
     kept = before.set_index(["trial", "round", "kind"])
     again = after.set_index(["trial", "round", "kind"]).loc[kept.index]
     assert (again["finished_at"] == kept["finished_at"]).all()  # rows written before the kill were not redone
@@ -273,11 +273,6 @@ def test_a_packed_grid_trains_each_point_once_as_its_own_trial_of_the_results(tm
         packed = {(r["round"], r["kind"]): (r["metric"], r["mask_id"] if isinstance(r["mask_id"], str) else None)
                   for r in rows[rows["rate"] == rate].to_dict("records")}
         assert packed == alone, rate
-
-    again = run_sweep(config, tempfile.mkdtemp(prefix="rt", dir="/tmp"), "--resume")
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    pd.testing.assert_frame_equal(raw_rounds(results).sort_values(["trial", "round", "kind"]).reset_index(drop=True),
-                                  rows.sort_values(["trial", "round", "kind"]).reset_index(drop=True))
 
 
 def node_cpus(address: str, env: dict) -> dict[str, float]:
