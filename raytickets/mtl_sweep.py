@@ -162,23 +162,22 @@ def finish(p, started: float) -> None:
 
 
 def trial_job(cfg: SweepConfig, run: dict):
-    """(Ray Train worker loop, its config) of one (arm, seed) trial, or None when the run is stored already."""
+    """(the experiment's plan, and the Ray Train worker loop and its config for one (arm, seed) trial, or None
+    when the run is stored already). The plan is built once per trial and handed to `trial_result`."""
     from .mtl import plan
     from .mtl_ray import _worker
 
     p = plan(experiment(cfg))
     arm, seed = run["arm"], int(run["seed"])
     if (arm, seed) in p.done:
-        return None
-    return _worker, {"plan": p, "runs": [(arm, seed)]}
+        return p, None
+    return p, (_worker, {"plan": p, "runs": [(arm, seed)]})
 
 
-def trial_result(cfg: SweepConfig, run: dict) -> dict:
+def trial_result(p, run: dict) -> dict:
     """What the trial reports to Tune: the run's mean main metric over its tasks (rows read back from `out`)."""
-    from .mtl import plan
     from .store import ResultsStore
 
-    p = plan(experiment(cfg))
     rounds = ResultsStore(p.cfg.out).rounds()
     mine = rounds[(rounds["kind"] == "mtl") & (rounds["setting_id"] == p.setting_id) & (rounds["arm"] == run["arm"])
                   & (rounds["seed"] == int(run["seed"]))]

@@ -67,9 +67,9 @@ def trial_driver(params: dict, sweep: dict) -> None:
     loop, loop_config = worker_loop, {"sweep": sweep, "params": params, "trial": trial_id, "trial_pg": trial_pg}
     run = params.get(MTL_KEY)
     if run is not None:  # an mtl sweep's trial: one (arm, seed) multi-task run
-        job = mtl_sweep.trial_job(cfg, run)
+        experiment, job = mtl_sweep.trial_job(cfg, run)
         if job is None:  # stored already (before a kill, or by `raytickets mtl`): never trained twice
-            tune.report(mtl_sweep.trial_result(cfg, run))
+            tune.report(mtl_sweep.trial_result(experiment, run))
             return
         loop, loop_config = job
     trainer = TorchTrainer(
@@ -92,7 +92,7 @@ def trial_driver(params: dict, sweep: dict) -> None:
         if trial_pg is not None:
             remove_leftover_placement_groups(trial_pg, owners={trial_pg: trial_id})
     if run is not None:  # its workers report nothing to Tune: the rows they stored are the result
-        tune.report(mtl_sweep.trial_result(cfg, run))
+        tune.report(mtl_sweep.trial_result(experiment, run))
 
 
 TRAIN_CONTROLLER = "TrainController"  # Ray 2.60's class of the actor that creates a Train run's placement group
