@@ -28,6 +28,6 @@ def resources(cpus: int) -> dict:
 
 def ray_temp_and_port(args) -> tuple[str, int]:
     """The embedded Ray's private temp dir and dashboard port (short /tmp path: Ray's socket paths are capped)."""
-    from raytickets.cluster import free_port
+    from raytickets.sweep.cluster import free_port
 
     return args.temp_dir or tempfile.mkdtemp(prefix="rtb", dir="/tmp"), args.dashboard_port or free_port()

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from raytickets.export import OnnxModel, load_shrunk, max_logit_gap, write_onnx  # noqa: E402
 from raytickets.models import MINILM, load_model, prunable_parameters  # noqa: E402
 from raytickets.pruning import random_structured, structured_mask  # noqa: E402
-from raytickets.shrink import count_parameters, flops_per_sequence, masked, shrink  # noqa: E402
+from raytickets.export.shrink import count_parameters, flops_per_sequence, masked, shrink  # noqa: E402
 
 
 def models(args) -> tuple[torch.nn.Module, torch.nn.Module, str]:

@@ -65,7 +65,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from raytickets import analysis, sweep  # noqa: E402
+from raytickets.analysis import tables as analysis  # noqa: E402
+from raytickets.sweep import tuner as sweep  # noqa: E402
 from raytickets.config import PruneConfig  # noqa: E402
 from raytickets.errors import RayticketsError  # noqa: E402
 from raytickets.store import ResultsStore  # noqa: E402
@@ -177,7 +178,7 @@ def located(search_best: dict[str, int], grid_best: dict[str, int], tolerance: i
 
 def grid_super_tickets(grid_raw: pd.DataFrame) -> dict[str, tuple[float, float]]:
     """Per task: the analysis module's super ticket of the grid (sparsity, selection-aware p over seeds)."""
-    from raytickets.curves import scored
+    from raytickets.analysis.curves import scored
 
     table = analysis.findings(scored(grid_raw))["super_tickets"]
     best = table[table["is_super"]] if len(table) else table

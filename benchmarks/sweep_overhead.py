@@ -42,7 +42,7 @@ os.environ.pop("RAY_ADDRESS", None)  # the sweep must start its own embedded Ray
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from raytickets import sweep  # noqa: E402
+from raytickets.sweep import tuner as sweep  # noqa: E402
 from raytickets.store import ResultsStore  # noqa: E402
 
 
@@ -89,7 +89,7 @@ def run_sweep(cfg, temp_dir: str, port: int, timeline: bool = False) -> dict:
     span = print_timeline() if timeline else None
     ray.shutdown()  # a user's sweep ends with its Ray too: part of the cost
     wall = time.perf_counter() - started
-    from raytickets.trial import results_dir
+    from raytickets.sweep.layout import results_dir
 
     return {"wall": wall, "rounds": ResultsStore(results_dir(cfg)).rounds(), "trials_span": span}
 
@@ -100,7 +100,7 @@ def run_loop(cfg, root: Path, rates: list[float], threads: int) -> dict:
 
     from raytickets.results import Recorder
     from raytickets.tickets import Trajectory
-    from raytickets.trial import trial_ticket
+    from raytickets.sweep.trial import trial_ticket
 
     torch.set_num_threads(threads)  # what the sweep's worker uses (round(cpus_per_worker))
     store = ResultsStore(root / "results")

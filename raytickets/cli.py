@@ -15,7 +15,7 @@ import sys
 import typing
 from pathlib import Path
 
-from .errors import RayticketsError
+from .errors import RayticketsError, one_line
 
 # The ticket flags: (flag, config field it sets, type, help, only for pruning commands).
 _TICKET_FLAGS = [
@@ -177,13 +177,13 @@ def imp_table(rows) -> str:
 
 
 def cmd_sweep(args) -> int:
-    from . import sweep
+    from .sweep.cli import main as sweep_main
 
-    return sweep.main(args.sweep_args)
+    return sweep_main(args.sweep_args)
 
 
 def cmd_analyze(args) -> int:
-    from .analysis import analyze, summary_markdown
+    from .analysis.tables import analyze, summary_markdown
 
     tables = analyze(args.results_dir, args.out)
     print(summary_markdown(tables))
@@ -191,7 +191,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .analysis.report import write_report
 
     path = write_report(args.results_dir, args.out)
     print(f"report: {path}")
@@ -234,10 +234,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="where the report goes (default RESULTS_DIR/report)")
     r.set_defaults(func=cmd_report)
 
-    from .export import register_cli as register_export
+    from .export.cli import register_cli as register_export
 
     register_export(sub)  # a stored ticket as a Hugging Face model (shrunk when structured), ONNX, or a mask file
-    from .mtl import register_cli as register_mtl
+    from .mtl.cli import add_parser as register_mtl
 
     register_mtl(sub)  # multi-task learning through each task's super ticket (Liang et al. 2021 §5)
     return p
@@ -247,19 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["sweep"]:  # argparse.REMAINDER refuses a leading option (--config, --help): hand over as is
-        from . import sweep
+        from .sweep.cli import main as sweep_main
 
-        return sweep.main(argv[1:])
+        return sweep_main(argv[1:])
     return dispatch(parser().parse_args(argv))
 
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run a parsed subcommand: its exit code, or 2 with the one-line error of bad input."""
-    try:
-        return args.func(args)
-    except RayticketsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return one_line(args.func, args)
 
 
 if __name__ == "__main__":

@@ -329,7 +329,9 @@ class TransferConfig:
 
 @dataclass
 class SearchConfig:
-    mode: Literal["optuna", "grid", "mtl"] = "optuna"
+    # a sweep mode registered with raytickets.sweep.modes (optuna, grid, mtl, ...), which checks it and the
+    # fields only it reads; this module knows no mode
+    mode: str = "optuna"
     # Keys are TicketConfig paths ("prune.rate"); "a,b" zips dimensions: values are [a, b] pairs, one trial each.
     space: dict[str, ParamSpec] = field(default_factory=dict)
     num_samples: int = 4  # optuna: trials; grid: repeats of the whole grid
@@ -339,30 +341,17 @@ class SearchConfig:
     reduction_factor: int = 2
     seed: int = 0
     metric: str = "gain"  # ticket metric minus the full model's on the same task and seed
-    # transfer mode: the trials are the transfer experiment (raytickets/transfer.py), not the space
+    # a ticket sweep whose trials are the transfer experiment (raytickets/sweep/transfer.py), not the space
     transfer: TransferConfig | None = None
-    # mtl mode: the trials are a multi-task experiment's (arm, seed) runs (raytickets/mtl_sweep.py): the fields of
-    # `raytickets mtl`'s config (mtl.MTLConfig) but its workers, which `resources` gives; checked by that module
+    # the section of the mtl mode (raytickets/mtl/sweep.py), kept raw: that mode builds and checks it
     mtl: dict[str, Any] | None = None
     # grid mode without a scheduler: k grid points per trial, trained one after another on the same Ray Train
     # workers, so a Train start-up (~15 s on 2 cores: README "How a sweep runs") is paid once for k trajectories
     trajectories_per_trial: int = 1
 
-    def check_mode(self, path: str) -> None:
-        if (self.mode == "mtl") != (self.mtl is not None):
-            raise ConfigError(f"{path}.mtl: " + ("mtl mode needs the multi-task experiment (tasks, tickets, seeds, "
-                                                 "arms, ...)" if self.mode == "mtl" else
-                                                 f"read only in mtl mode; search.mode is {self.mode}"))
-
     def validate(self, path: str, ticket: TicketConfig | None = None) -> None:
         if self.trajectories_per_trial < 1:
             raise ConfigError(f"{path}.trajectories_per_trial: {self.trajectories_per_trial} must be >= 1")
-        if self.trajectories_per_trial > 1 and (self.mode != "grid" or self.scheduler != "none"):
-            raise ConfigError(f"{path}.trajectories_per_trial: {self.trajectories_per_trial} needs mode: grid and "
-                              "scheduler: none (a scheduler or Optuna judges one trajectory a trial)")
-        self.check_mode(path)
-        if self.mode == "mtl" and self.transfer is not None:
-            raise ConfigError(f"{path}.transfer: not in mtl mode; a sweep runs transfer jobs or multi-task runs")
         for key, spec in self.space.items():
             spec.validate(f"{path}.space.{key}")
             parts = key.split(",")  # "prune.head_fraction,prune.ffn_fraction": values are tuples, zipped
@@ -380,12 +369,8 @@ class SearchConfig:
                         build(TicketConfig, apply_overrides(to_dict(ticket), [f"{key}={_yaml(v)}"])).validate()
                     except ConfigError as e:
                         raise ConfigError(f"{path}.space.{key}: value {v!r}: {e}") from None
-        if self.mode == "optuna" and self.num_samples < 1:
+        if self.num_samples < 1:
             raise ConfigError(f"{path}.num_samples: {self.num_samples} must be >= 1")
-        if self.mode == "grid":
-            for key, spec in self.space.items():
-                if spec.values is None and spec.step is None:
-                    raise ConfigError(f"{path}.space.{key}: grid mode needs values or a step")
         if self.max_concurrent_trials < 1:
             raise ConfigError(f"{path}.max_concurrent_trials: {self.max_concurrent_trials} must be >= 1")
         if self.grace_period < 1 or self.reduction_factor < 2:
@@ -449,20 +434,9 @@ class SweepConfig:
     def validate(self, path: str = "") -> None:
         if not self.name or any(c in self.name for c in "/\\ "):
             raise ConfigError(f"name: {self.name!r} must be non-empty, without slashes or spaces")
-        self.search.check_mode("search")  # which mode decides what the ticket section is for
-        # An mtl sweep on stored tickets trains no trajectory: its template is not read (and must not be set)
-        sweeps_tickets = not (self.search.mode == "mtl" and (self.search.mtl or {}).get("tickets") != "self")
-        if sweeps_tickets:
-            self.ticket.validate("ticket")
-        elif self.ticket != TicketConfig():
-            raise ConfigError("ticket: an mtl sweep on stored tickets (search.mtl.tickets) does not read it; set the "
-                              "multi-task runs' data and train in search.mtl, or use search.mtl.tickets: self")
+        self.ticket.validate("ticket")  # the template of every trial (a mode that reads none checks it is unset)
         self.search.validate("search", self.ticket)
         self.resources.validate("resources")
-        if self.search.mode == "mtl":
-            from .mtl_sweep import experiment
-
-            experiment(self)
         if self.max_failures < 0:
             raise ConfigError(f"max_failures: {self.max_failures} must be >= 0")
 

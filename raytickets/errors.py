@@ -19,3 +19,14 @@ class MaskError(RayticketsError, ValueError):
 
 class ResultsError(RayticketsError, ValueError):
     """A results directory or table is missing, truncated or of an unknown schema."""
+
+
+def one_line(command, *args) -> int:
+    """Run a command's handler: its exit code, or 2 with bad input's one-line error on stderr (no traceback)."""
+    import sys
+
+    try:
+        return command(*args)
+    except RayticketsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

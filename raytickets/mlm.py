@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
-from .runs import exclusive, write_dir_atomically
+from .atomic import exclusive, write_dir_atomically
 from .tasks import GLUE, TASKS, check_lengths, default_cache_dir, load_split, quiet_datasets
 
 CORPUS_FIELD = "data.corpus"

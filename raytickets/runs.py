@@ -1,4 +1,4 @@
-"""Run identity, the disk layout of a trajectory's state, locking and atomic publishing of directories.
+"""Run identity and the disk layout of a trajectory's state (publishing and locking: `atomic`).
 
 Runs are indexed by their settings (open_lth): identical settings give the same run id and directory, a
 finished round (a directory renamed into place when complete) is never recomputed, and an interrupted
@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .loader import to_dict
 
-if TYPE_CHECKING:  # runs is imported by tasks, which config imports
+if TYPE_CHECKING:
     from .config import TicketConfig
 
 # Settings that do not change a run's results, so enter no id.
@@ -121,51 +118,3 @@ class RunLayout:
 
     def full_done(self) -> bool:
         return (self.full_dir / "rows.json").is_file()
-
-
-class exclusive:
-    """An exclusive lock file (flock: released by the kernel if its holder dies), held when `active`."""
-
-    def __init__(self, path: Path, active: bool = True):
-        self.path, self.active, self.fd = path, active, None
-
-    def __enter__(self):
-        if self.active:
-            import fcntl
-
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)  # a concurrent trial computing the same thing: wait
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)
-
-
-def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
-    """Let `write` fill a private temp dir beside `final`, then `publish` it: `final` is complete or absent.
-
-    A writer killed half-way leaves only an ignored `.tmp-*` directory behind.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish(tmp, final)
-
-
-def publish(tmp: Path, final: Path) -> None:
-    """Move a fully written directory into place in one rename, so readers never see half of it.
-
-    If another writer published the same key first, its copy (identical by construction) is kept.
-    """
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)

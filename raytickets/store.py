@@ -15,31 +15,28 @@ temporary names. Every file carries the table name and `SCHEMA_VERSION` in its P
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import numbers
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .atomic import TMP_PREFIX, TMP_SUFFIX, write_file_atomically  # noqa: F401  (TMP_*: the names a reader skips)
 from .errors import ResultsError
 from .rows import (  # the row types and schemas
-    ADDED_IN, MASKS_SCHEMA, ROUNDS_SCHEMA, SCHEMAS, TICKETS_SCHEMA, MaskRow, RoundRow, TicketRow, allowed_kinds,
+    ADDED_IN, SCHEMAS, RoundRow, TicketRow, allowed_kinds,
     allowed_methods, as_dict,
 )
 
 SCHEMA_VERSION = 2
-TMP_PREFIX = ".tmp-"
-TMP_SUFFIX = ".partial"
 META_TABLE = b"raytickets.table"
 META_VERSION = b"raytickets.schema_version"
 
@@ -61,51 +58,12 @@ def open_filesystem(root: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 
 def write_parquet_atomic(table: pa.Table, fs: pafs.FileSystem, path: str) -> None:
     """Write `table` to `path` so that a reader sees the whole file or no file, never a part of one."""
-    _write_atomic(fs, path, lambda out: pq.write_table(table, out, compression="zstd"))
+    write_file_atomically(fs, path, lambda out: pq.write_table(table, out, compression="zstd"))
 
 
 def write_bytes_atomic(data: bytes, fs: pafs.FileSystem, path: str) -> None:
     """Write `data` to `path` with the same all-or-nothing guarantee (report pages, figures)."""
-    _write_atomic(fs, path, lambda out: out.write(data))
-
-
-def _write_atomic(fs: pafs.FileSystem, path: str, write: Callable[[Any], Any]) -> None:
-    directory, name = path.rsplit("/", 1) if "/" in path else (".", path)
-    tmp = f"{directory}/{TMP_PREFIX}{uuid.uuid4().hex}-{name}{TMP_SUFFIX}"
-    if isinstance(fs, pafs.LocalFileSystem):
-        _write_local(directory, tmp, path, write)
-        return
-    # Object stores publish an object only when its upload completes; the rename keeps the same
-    # "complete or absent" guarantee on any other filesystem pyarrow can open.
-    fs.create_dir(directory, recursive=True)
-    try:
-        with fs.open_output_stream(tmp) as out:
-            write(out)
-        fs.move(tmp, path)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            fs.delete_file(tmp)
-        raise
-
-
-def _write_local(directory: str, tmp: str, path: str, write: Callable[[Any], Any]) -> None:
-    os.makedirs(directory, exist_ok=True)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the name points at it
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable; not possible on every platform
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_file_atomically(fs, path, lambda out: out.write(data))
 
 
 def first_line(exc: BaseException) -> str:

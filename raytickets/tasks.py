@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .runs import write_dir_atomically
+from .atomic import write_dir_atomically
 
 HUB_DATASET = "nyu-mll/glue"
 CACHE_ENV = "RAYTICKETS_CACHE"

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import runs
+from .atomic import exclusive, write_dir_atomically
 from .baselines import BASELINES, BaselineContext, RewindPoint
 from .config import TicketConfig, resolve
 from .distributed import agree, barrier, gather, rank_batches, reduce_sum, sync_mask, world
@@ -218,7 +219,7 @@ class Trajectory:
     def _full_model(self, prep: Prepared) -> tuple[RoundState, RewindPoint]:
         """Round 0: fine-tune the full model once per (task, model, seed, training, data, rewind step)."""
         k = self.cfg.prune.rewind_step
-        with runs.exclusive(self.full_dir.parent / f"{self.full_dir.name}.lock", self.rank == 0):
+        with exclusive(self.full_dir.parent / f"{self.full_dir.name}.lock", self.rank == 0):
             cached = agree(self.layout.full_done())  # all ranks train together, or none
             if not cached:
                 started = _now()
@@ -234,7 +235,7 @@ class Trajectory:
                             save_file(res.rewind_state, str(d / "rewind.safetensors"))
                         (d / "rows.json").write_text(json.dumps([_plain(row)], default=str))
 
-                    runs.write_dir_atomically(self.full_dir, write)
+                    write_dir_atomically(self.full_dir, write)
                 barrier()
         weights = load_file(str(self.full_dir / "weights.safetensors"))
         rewind = RewindPoint(load_file(str(self.full_dir / "rewind.safetensors")), k) if k > 0 else prep.initial
@@ -288,7 +289,7 @@ class Trajectory:
             if b.chain:
                 state.chains[kind] = {"mask": bmask, "state": state_copy(prep.model)}
         if self.rank == 0:
-            runs.write_dir_atomically(self.round_dir(r), lambda d: self._write_round(d, state, evidence))
+            write_dir_atomically(self.round_dir(r), lambda d: self._write_round(d, state, evidence))
             self._drop_weights(r - 1)
         barrier()
         state.directory = self.round_dir(r)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import stats
 
-from raytickets import analysis
+from raytickets.analysis import tables as analysis
 from raytickets.errors import ResultsError
 from raytickets.masks import Mask
 from raytickets.store import ResultsStore
@@ -488,7 +488,7 @@ def test_the_module_docstring_states_the_rules_and_names_no_missing_file():
 
 def test_baseline_kinds_and_styles_come_from_the_registry():
     from raytickets.baselines import BASELINES
-    from raytickets.report import BASELINE_STYLE
+    from raytickets.analysis.report import BASELINE_STYLE
 
     assert analysis.BASELINE_KINDS == tuple(BASELINES) and analysis.CURVE_KINDS == ("ticket", *BASELINES)
     assert BASELINE_STYLE == {name: b.style for name, b in BASELINES.items()}
@@ -518,7 +518,7 @@ def test_an_mlm_ticket_without_a_pooler_is_compared_with_a_glue_ticket_on_the_en
     """BertForMaskedLM has no pooler, so an MLM mask lacks the pooler tensor a GLUE mask may hold: overlap counts
     the tensors both hold (analyze on a root with mlm and sst2 tickets failed on this), and refuses masks that
     share no tensor or disagree on a shape."""
-    from raytickets.overlap import _check_layout, tensor_counts
+    from raytickets.analysis.overlap import _check_layout, tensor_counts
 
     q = "encoder.layer.0.attention.self.query.weight"
     mlm = Mask({q: torch.tensor([[1, 0], [1, 1]])})

@@ -23,8 +23,8 @@ from raytickets.config import (
 )
 from raytickets.pruning import METHODS
 from raytickets.errors import ConfigError, RayticketsError
-from raytickets.sweep import load_config
-from raytickets.mtl import load_mtl_config
+from raytickets.sweep.tuner import load_config
+from raytickets.mtl.experiment import load_mtl_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -37,7 +37,8 @@ def ticket(*overrides: str) -> TicketConfig:
 
 
 def sweep(*overrides: str) -> SweepConfig:
-    return load(SweepConfig, overrides=["ticket.prune.rounds=2", *overrides])
+    """A sweep config as the sweep loads it: the config's checks, then its mode's."""
+    return load_config(None, ["ticket.prune.rounds=2", *overrides])
 
 
 def error_of(fn, *args) -> str:
@@ -127,7 +128,7 @@ def test_bad_ticket_field_is_one_line_naming_field_value_and_allowed(override, e
         (["search.space.prune.rate.low=0.5", "search.space.prune.rate.high=0.2"],
          ["search.space.prune.rate:", "low 0.5 > high 0.2"]),
         (["search.space.prune.rate.values=[]"], ["search.space.prune.rate.values:", "empty"]),
-        (["search.mode=random"], ["search.mode:", "'random'", "allowed: optuna, grid, mtl"]),
+        (["search.mode=random"], ["search.mode:", "'random'", "allowed: grid, mtl, optuna"]),
         (["search.transfer.source=/tmp", "search.transfer.targets=[sst2, nope]"],
          ["search.transfer.targets:", "'nope'", "allowed: cola"]),
         (["search.transfer.source=/tmp", "search.transfer.targets=[sst2]", "search.transfer.levels=[1.5]"],
@@ -275,7 +276,7 @@ def test_a_null_learning_rate_resolves_for_the_model(model, expected):
 
 
 def test_each_sweep_trial_resolves_the_learning_rate_for_its_own_model():
-    from raytickets.trial import trial_ticket
+    from raytickets.sweep.trial import trial_ticket
 
     cfg = sweep("ticket.model=minilm", "search.space.model.values=[minilm, bert-base]")
     assert cfg.ticket.train.learning_rate is None  # the template stays unresolved

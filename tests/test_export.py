@@ -17,14 +17,16 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from raytickets import cli
 from raytickets.errors import RayticketsError
-from raytickets.export import (
-    OnnxModel, Report, find_ticket, load_shrunk, model_card, register_cli, ticket_model,
-)
+from raytickets.export import OnnxModel, load_shrunk
+from raytickets.export.card import model_card
+from raytickets.export.cli import register_cli
+from raytickets.export.model import Report, ticket_model
+from raytickets.export.select import find_ticket
 from raytickets.masks import Mask
 from raytickets.models import DEFAULT_INCLUDE, load_model, load_tokenizer, prunable_parameters, resolve_model
 from raytickets.pruning import random_structured, structured_mask
 from raytickets.pruning.structured import FFN_BIAS
-from raytickets.shrink import count_parameters, masked, shrink, sparse_size
+from raytickets.export.shrink import count_parameters, masked, shrink, sparse_size
 from raytickets.store import ResultsStore
 from raytickets.tasks import collate, get_task, tokenized_splits
 from raytickets.train import evaluate, predict

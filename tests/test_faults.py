@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from raytickets.cluster import free_port
+from raytickets.sweep.cluster import free_port
 from raytickets.store import TMP_PREFIX, TMP_SUFFIX, ResultsStore
 from test_sweep import (_env, _wait_for_port, cli, kill_tree, node_cpus, process_tree, raw_rounds, sweep_config,
                         trial_results, trials_in_start_order)
@@ -367,9 +367,9 @@ def test_a_train_worker_killed_mid_round_is_restarted_by_train_and_redoes_only_t
 def reference_rows(config: Path, root: Path) -> dict[tuple, tuple]:
     """(task, rate, round, kind) -> (metric, sparsity, mask_id) of the sweep's grid, every trajectory run here in one
     process, uninterrupted, from the same config and seed."""
-    from raytickets.sweep import load_config
+    from raytickets.sweep.tuner import load_config
     from raytickets.tickets import Trajectory
-    from raytickets.trial import trial_ticket
+    from raytickets.sweep.trial import trial_ticket
 
     cfg = load_config(str(config), [])
     space = cfg.search.space
@@ -487,7 +487,8 @@ def test_a_driver_killed_before_tune_saved_any_trial_resumes_the_searched_space(
     cluster.python(textwrap.dedent(f"""
         import sys
         import ray
-        from raytickets.sweep import load_config, make_tuner, param_space
+        from raytickets.sweep.tickets import param_space
+        from raytickets.sweep.tuner import load_config, make_tuner
 
         ray.init(address=sys.argv[1], log_to_driver=False)
         cfg = load_config({str(config)!r}, [])

@@ -142,7 +142,7 @@ def _metrics_rank(rank: int, world: int, port: int, model_dir: str, dev_dir: str
 @pytest.mark.slow
 def test_two_gloo_ranks_return_what_one_process_returns(tiny_model_dir, tiny_dev, tmp_path):
     """7 blocks over 2 ranks (4 + 3): each scores its shard, the sums are all-reduced, both ranks agree."""
-    from raytickets.cluster import free_port
+    from raytickets.sweep.cluster import free_port
 
     dev = tiny_dev.select(range(7))
     dev.save_to_disk(str(tmp_path / "dev"))

@@ -23,12 +23,13 @@ from raytickets.config import DataConfig, PruneConfig, TicketConfig, TrainConfig
 from raytickets.errors import ConfigError, MaskError, ResultsError
 from raytickets.masks import Mask
 from raytickets.models import MINILM, prunable_parameters, tiny_bert
-from raytickets.mtl import (
-    MTLConfig, chosen_from_rows, load_mtl_config, main, mtl_figure, mtl_table, plan, run, sharing_table,
-)
-from raytickets.mtl_data import TaskData, cycle_counts, load_task_data, task_probabilities, task_schedule
-from raytickets.mtl_model import load_multitask_model, random_ticket, structured_units
-from raytickets.mtl_train import step, total_mtl_steps, train_multitask
+from raytickets.analysis.multitask import chosen_from_rows, mtl_figure, mtl_table, sharing_table
+from raytickets.mtl.cli import main
+from raytickets.mtl.experiment import MTLConfig, load_mtl_config, plan
+from raytickets.mtl.run import run
+from raytickets.mtl.data import TaskData, cycle_counts, load_task_data, task_probabilities, task_schedule
+from raytickets.mtl.model import load_multitask_model, random_ticket, structured_units
+from raytickets.mtl.train import step, total_mtl_steps, train_multitask
 from raytickets.pruning import random_prune, structured_mask
 from raytickets.results import Recorder
 from raytickets.store import ResultsStore
@@ -476,7 +477,7 @@ def test_with_no_effect_the_paired_test_fires_at_its_level():
 
 
 def test_sharing_counts_the_heads_and_units_both_tickets_keep(tickets_root, tiny_model_dir):
-    from raytickets.mtl_tickets import super_ticket_masks
+    from raytickets.mtl.tickets import super_ticket_masks
 
     store = ResultsStore(tickets_root)
     chosen = super_ticket_masks(store, list(TASKS), [0, 1])
@@ -591,7 +592,7 @@ def test_two_gloo_ranks_train_what_one_process_trains_with_the_global_batch(tmp_
     tickets' frozen entries restored on every rank, evaluation gathered."""
     from safetensors.torch import load_file
 
-    from raytickets.cluster import free_port
+    from raytickets.sweep.cluster import free_port
 
     model_dir = str(tiny_bert(tmp_path / "no-dropout", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     data = DataConfig(glue_dir=str(glue_dir), max_train_examples=48, max_dev_examples=24, max_seq_length=32,
@@ -683,7 +684,7 @@ def test_an_mtl_sweep_refuses_bad_input_in_one_line_before_ray_starts(tickets_ro
                                                                       message):
     import re
 
-    from raytickets.sweep import main as sweep_main
+    from raytickets.sweep.cli import main as sweep_main
 
     assert sweep_main(["--config", str(mtl_sweep_config(tmp_path, tickets_root, data_cfg, **fields)), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -694,8 +695,9 @@ def test_mtl_tickets_self_is_the_ticket_grid_then_the_mtl_sweep_on_its_results(c
     """`search.mtl.tickets: self` (configs/liang2021-mtl-sweep.yaml): one command, two stages — the grid of
     `search.space` (no scheduler: every seed reaches every level), then the mtl sweep reading its results and
     writing into the same root, sharing its tokenised cache."""
-    from raytickets.sweep import load_config, main as sweep_main, stages
-    from raytickets.trial import results_dir, work_dir
+    from raytickets.sweep.cli import main as sweep_main
+    from raytickets.sweep.layout import results_dir, work_dir
+    from raytickets.sweep.tuner import load_config, stages
 
     config = str(Path(__file__).resolve().parents[1] / "configs" / "liang2021-mtl-sweep.yaml")
     tickets, runs = stages(load_config(config, []))

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from raytickets import analysis
+from raytickets.analysis import tables as analysis
 from raytickets.masks import Mask
-from raytickets.report import write_report
+from raytickets.analysis.report import write_report
 from raytickets.store import ResultsStore
 
 SHAPES = {f"encoder.layer.{l}.{n}.weight": s for l in range(2) for n, s in (

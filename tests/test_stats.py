@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from raytickets import stats
+from raytickets.analysis import stats
 
 LEVELS = np.round(1 - 0.8 ** np.arange(1, 11), 4)  # 10 IMP levels, 20% of the remaining per round
 SWEEPS = 2000

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from raytickets.cluster import free_port
+from raytickets.sweep.cluster import free_port
 from raytickets.store import ResultsStore
 
 pytestmark = pytest.mark.slow
@@ -243,9 +243,9 @@ def test_a_packed_grid_trains_each_point_once_as_its_own_trial_of_the_results(tm
     """`search.trajectories_per_trial: 2` on a three-point grid: two Tune trials (one Ray Train start-up each) train
     the three trajectories an unpacked sweep would, each its own `trial` in the rows with its own ticket row, the
     same metrics and masks as the trajectory run alone; `--resume` afterwards rewrites nothing."""
-    from raytickets.sweep import load_config
+    from raytickets.sweep.tuner import load_config
     from raytickets.tickets import Trajectory
-    from raytickets.trial import trial_ticket
+    from raytickets.sweep.trial import trial_ticket
 
     config = sweep_config(
         tmp_path, tiny_model_dir, glue_dir,
@@ -351,7 +351,7 @@ def test_transfer_sweep_writes_one_row_per_source_target_and_seed(tmp_path, tiny
     assert sorted(own.loc[own["sparsity"].round(2) == 0.51, "seed"]) == [0, 1]
     assert not moved.duplicated(["trial", "round", "kind", "task", "source_task"]).any()
     assert set(moved["task"]) == {"rte"}
-    from raytickets.analysis import analyze
+    from raytickets.analysis.tables import analyze
 
     table = analyze(source)["transfer"]
     sst2 = table[table["source_task"] == "sst2"]
@@ -411,7 +411,7 @@ def test_the_mlm_transfer_config_is_one_command_of_two_stages_and_resumes_withou
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     after = raw_rounds(results)
     assert len(after) == len(raw) and not after.duplicated(["trial", "round", "kind", "task", "source_task"]).any()
-    from raytickets.analysis import analyze
+    from raytickets.analysis.tables import analyze
 
     table = analyze(results)["transfer"]
     mlm = table[table["source_task"] == "mlm"]

@@ -14,7 +14,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from raytickets.errors import ConfigError, DataError
 from raytickets.models import load_tokenizer
-from raytickets.runs import publish
+from raytickets.atomic import publish
 from raytickets.tasks import (
     GLUE,
     TASKS,

@@ -718,7 +718,7 @@ def test_minilm_leaves_its_pooler_dense_and_collapse_is_reported(tiny_model_dir,
     out = capsys.readouterr().out
     assert code == 0
     assert "warning: layer collapse in round 1: pooler.dense.weight is 100.0% pruned at 30.0% overall" in out
-    from raytickets.analysis import analyze
+    from raytickets.analysis.tables import analyze
 
     layers = analyze(tmp_path / "out")["layer_sparsity"]
     assert layers.loc[layers["layer"] == "pooler", "collapsed"].all()
@@ -731,7 +731,7 @@ def test_two_settings_in_one_results_root_are_two_curves(tiny_model_dir, glue_di
                                  "--rewind-step", rewind, "--max-steps", "3")) == 0
     capsys.readouterr()
     assert cli.main(["analyze", str(out)]) == 0
-    from raytickets.analysis import load_analysis
+    from raytickets.analysis.tables import load_analysis
 
     supers = load_analysis(out)["super_tickets"]
     assert supers["setting_id"].nunique() == 2 and len(supers) == 4  # two curves of two levels each

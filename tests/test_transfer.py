@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raytickets import analysis
+from raytickets.analysis import tables as analysis
 from raytickets.config import SweepConfig, load
 from raytickets.errors import ConfigError
 from raytickets.masks import Mask
 from raytickets.store import ResultsStore
-from raytickets.transfer import plan
+from raytickets.sweep.transfer import plan
 
 SHAPES = {"encoder.layer.0.attention.self.query.weight": (8, 8), "encoder.layer.0.intermediate.dense.weight": (16, 8)}
 

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Ma
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    import torch
 
     from ..masks import Mask
 

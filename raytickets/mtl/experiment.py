@@ -16,30 +16,28 @@ already stored and skips them. Training runs in this process or on `workers` Ray
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
-from . import pruning
-from .config import DataConfig, SweepConfig, TrainConfig, default_learning_rate
-from .errors import ConfigError, ResultsError
-from .loader import apply_overrides, build, read_yaml, to_dict
-from .mtl_data import check_alpha
-from .mtl_tables import chosen_from_rows, mtl_figure, mtl_table, sharing_table  # noqa: F401  (the public names)
-from .mtl_tickets import check_dev_rows, super_ticket_masks
-from .rows import RoundRow
-from .runs import digest
-from .store import ResultsStore
-from .tasks import GLUE, TASKS
+from .. import pruning
+from ..config import DataConfig, SweepConfig, TrainConfig, default_learning_rate
+from ..errors import ConfigError, ResultsError
+from ..loader import apply_overrides, build, read_yaml, to_dict
+from .data import check_alpha
+from ..analysis.multitask import chosen_from_rows, mtl_figure, mtl_table, sharing_table  # noqa: F401  (the public names)
+from .tickets import check_dev_rows, super_ticket_masks
+from ..rows import RoundRow
+from ..runs import digest
+from ..store import ResultsStore
+from ..tasks import GLUE, TASKS
 
 
 # Multi-task heads classify or regress: every task of the table but masked-language modelling.
@@ -102,7 +100,7 @@ class MTLConfig:
         if self.out is None:
             raise ConfigError("out: null; give the results root for the multi-task rows (--out)")
         if self.model is not None:
-            from .models import resolve_model
+            from ..models import resolve_model
 
             resolve_model(self.model)
         self.data.validate("data")
@@ -115,7 +113,7 @@ class MTLConfig:
             self.sweep.validate()
 
     def tickets_root(self) -> str:
-        from .trial import results_dir
+        from ..sweep.layout import results_dir
 
         return self.tickets if self.tickets is not None else results_dir(self.sweep)
 
@@ -166,7 +164,7 @@ class Plan:
 def mtl_setting(cfg: MTLConfig, chosen: pd.DataFrame) -> dict:
     """What makes one experiment: model, tasks, sampling, data and training, and which tickets (per task the
     curve and level) — not the seeds, arms, paths or where it runs."""
-    from .runs import NOT_IN_ID
+    from ..runs import NOT_IN_ID
 
     d = to_dict(cfg)
     for name in ("tickets", "out", "seeds", "arms", "workers", "cpus_per_worker", "sweep", "method", "setting_id",
@@ -209,7 +207,7 @@ def _resolve_train(train: TrainConfig, model: str, tasks: Sequence[str]) -> None
     model's learning rate, the tasks' recipe (warmup, accumulation; they must agree), the precision here."""
     import torch
 
-    from .precision import resolve as resolve_precision
+    from ..precision import resolve as resolve_precision
 
     if train.learning_rate is None:
         train.learning_rate = default_learning_rate(model)
@@ -257,7 +255,7 @@ def _now() -> datetime:
 def arm_masks(plan: Plan, arm: str, seed: int, store: ResultsStore, encoder_config) -> dict[str, Any]:
     """Per task: (the Mask an arm trains under, None for dense; whether it is a structured ticket). The random
     arm's mask is drawn from (seed, task) alone, so every rank and every rerun draws the same one."""
-    from .mtl_model import random_ticket
+    from .model import random_ticket
 
     out = {}
     for task in sorted(plan.cfg.tasks):
@@ -274,10 +272,10 @@ def arm_masks(plan: Plan, arm: str, seed: int, store: ResultsStore, encoder_conf
 
 def train_arm(plan: Plan, arm: str, seed: int, device="cpu") -> tuple[list[RoundRow], dict]:
     """Train one (arm, seed) run on every task: its rows and the masks they name (task -> Mask)."""
-    from .mtl_data import load_task_data
-    from .mtl_model import load_multitask_model
-    from .mtl_train import train_multitask
-    from .tasks import get_task
+    from .data import load_task_data
+    from .model import load_multitask_model
+    from .train import train_multitask
+    from ..tasks import get_task
 
     cfg, started = plan.cfg, _now()
     tickets = ResultsStore(cfg.tickets_root())
@@ -297,7 +295,7 @@ def train_arm(plan: Plan, arm: str, seed: int, device="cpu") -> tuple[list[Round
 
 def _row(plan: Plan, arm: str, task: str, seed: int, metrics: dict, chance: dict, diverged: bool, sparsity: float,
          mask_id: str | None, steps: int, seconds: float, started: datetime, source_mask_id: str | None) -> RoundRow:
-    from .tasks import flat_metrics
+    from ..tasks import flat_metrics
 
     t = plan.ticket(task, seed)
     name = t["metric_name"]
@@ -322,7 +320,7 @@ def _own(plan: Plan, task: str, seed: int, ticket: dict) -> dict:
 
 def single_rows(plan: Plan, seed: int) -> list[RoundRow]:
     """The `single` arm: each task's super-ticket row of this seed, as a multi-task row (nothing trained)."""
-    from .tasks import METRIC_COLUMNS
+    from ..tasks import METRIC_COLUMNS
 
     rows = []
     for task in plan.cfg.tasks:
@@ -350,70 +348,3 @@ def record(store: ResultsStore, rows: list[RoundRow], masks: dict) -> None:
     for mask in masks.values():
         store.write_mask(mask)
     store.write_rounds(rows)
-
-
-# ---------------------------------------------------------------- the experiment
-
-
-def run(p: Plan, on_run: Callable[[str, int, list[RoundRow], bool], None] | None = None,
-        address: str | None = None, temp_dir: str | None = None) -> Plan:
-    """Run every (arm, seed) of the plan not yet stored; `on_run(arm, seed, rows, saved)` after each."""
-    out = ResultsStore(p.cfg.out)
-    todo = p.pending()
-    for arm, seed in [(a, s) for s in p.cfg.seeds for a in p.cfg.arms if (a, s) in p.done]:
-        if on_run:
-            on_run(arm, seed, [], True)
-    record_read_arms(p, on_run)
-    trained = [r for r in todo if ARMS[r[0]].trains]
-    if trained and p.cfg.workers:
-        from .mtl_ray import run_on_ray
-
-        run_on_ray(p, trained, address, temp_dir, on_run)
-        return p
-    for arm, seed in trained:
-        rows, masks = train_arm(p, arm, seed)
-        record(out, rows, masks)
-        if on_run:
-            on_run(arm, seed, rows, False)
-    return p
-
-
-def record_read_arms(p: Plan, on_run: Callable[[str, int, list[RoundRow], bool], None] | None = None) -> None:
-    """Store the pending runs of the arms that train nothing (`single`: the tickets' own rows, read)."""
-    for arm, seed in [r for r in p.pending() if not ARMS[r[0]].trains]:
-        rows = single_rows(p, seed)
-        record(ResultsStore(p.cfg.out), rows, {})
-        if on_run:
-            on_run(arm, seed, rows, False)
-
-
-def results(p: Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(mtl_table of this experiment, sharing_table of its tickets)."""
-    table = mtl_table(ResultsStore(p.cfg.out).rounds())
-    table = table[table["setting_id"] == p.setting_id].reset_index(drop=True)
-    return table, sharing_table(ResultsStore(p.cfg.tickets_root()), p.chosen)
-
-
-# ---------------------------------------------------------------- the command
-
-
-def register_cli(subparsers):
-    """Add the `mtl` subcommand (flags, help, handler) to the `raytickets` parser's subparsers."""
-    from .mtl_cli import add_parser
-
-    return add_parser(subparsers)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m raytickets.mtl ...`: the same command as `raytickets mtl ...`."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = argparse.ArgumentParser(prog="python -m raytickets.mtl")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    argv = sys.argv[1:] if argv is None else list(argv)
-    from .cli import dispatch
-
-    return dispatch(parser.parse_args(argv if argv[:1] == ["mtl"] else ["mtl", *argv]))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

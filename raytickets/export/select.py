@@ -10,9 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import ConfigError, ResultsError
-from .masks import Mask
-from .store import ResultsStore
+from ..errors import ConfigError, ResultsError
+from ..masks import Mask
+from ..store import ResultsStore
 
 DECIMALS = 4  # sparsity levels, as the analysis rounds them (curves.SPARSITY_DECIMALS)
 
@@ -131,7 +131,7 @@ def _of_setting(tickets: pd.DataFrame, setting: str | None) -> pd.DataFrame:
 def _super_ticket(store: ResultsStore, tickets: pd.DataFrame, task: str) -> pd.DataFrame:
     """The rows at the super ticket's level (`analysis.best_tickets`: its rule and tie-break) of the one curve
     among `tickets`."""
-    from .analysis import best_tickets
+    from ..analysis.tables import best_tickets
 
     curves = [b for b in best_tickets(store.root) if b["task"] == task
               and b.get("setting_id") in set(tickets["setting_id"])]

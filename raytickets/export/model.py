@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from .errors import ResultsError
-from .models import load_model, load_tokenizer, resolve_model
+from ..errors import ResultsError
+from ..models import load_model, load_tokenizer, resolve_model
 from .shrink import SHRINK_FILE, Structure, count_parameters, masked, reshape_layers
-from .store import ResultsStore
-from .tasks import collate, flat_metrics, get_task, tokenized_splits
-from .train import evaluate
-from .export_select import Ticket
+from ..store import ResultsStore
+from ..tasks import collate, flat_metrics, get_task, tokenized_splits
+from ..train import evaluate
+from .select import Ticket
 
 SHRUNK_DIR = "shrunk"
 ONNX_FILE = "model.onnx"

@@ -9,8 +9,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .config import SweepConfig
-from .errors import ConfigError
+from ..config import SweepConfig
+from ..errors import ConfigError
 
 
 def check_address(address: str) -> None:

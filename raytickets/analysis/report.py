@@ -21,13 +21,13 @@ import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from .analysis import (
+from .tables import (
     BASELINE_KINDS, CURVE_KEY, SUMMARY_HEADER, analyze, collapse_text, load_analysis, of_curve, out_location,
     mtl_markdown, summary_markdown, summary_rows,
 )
-from .baselines import BASELINES
-from .mtl_tables import mtl_figure
-from .store import ResultsStore, write_bytes_atomic
+from ..baselines import BASELINES
+from .multitask import mtl_figure
+from ..store import ResultsStore, write_bytes_atomic
 
 MTL_TABLES = ("mtl", "mtl_sharing")  # one set per results root, not per (model, method): drawn after the rest
 

@@ -25,10 +25,10 @@ from torch import nn
 from torch.func import functional_call
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .errors import ConfigError, MaskError
-from .masks import Mask
-from .pruning.structured import _gates, _pruned_units, structured_mask
-from .tasks import TASKS, TaskSpec
+from ..errors import ConfigError, MaskError
+from ..masks import Mask
+from ..pruning.structured import _gates, _pruned_units, structured_mask
+from ..tasks import TASKS, TaskSpec
 
 @dataclass
 class TaskTicket:
@@ -202,7 +202,7 @@ def load_multitask_model(name: str, tasks: Mapping[str, TaskSpec], seed: int, de
     from transformers import BertModel
     from transformers.utils import logging as hf_logging
 
-    from .models import resolve_model
+    from ..models import resolve_model
 
     path = resolve_model(name)
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -224,7 +224,7 @@ def random_ticket(mask: Mask, structured: bool, config, seed: int) -> Mask:
     """A random ticket as sparse as `mask`, drawn without replacement: as many random heads and FFN neurons
     (or whole sublayers) as a structured ticket removes, one head per layer kept as the ticket's rule keeps
     it (`pruning.random_structured`); for an unstructured one, as many random weights in every tensor."""
-    from .pruning.structured import random_structured
+    from ..pruning.structured import random_structured
 
     generator = torch.Generator().manual_seed(seed)
     shapes = {n: torch.empty(s) for n, s in mask.shapes.items()}

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 
-from .models import HUB_SHORTCUTS
-from .export_model import FLOPS_LENGTH, ONNX_FILE, ONNX_INPUTS, SHRUNK_DIR, Report
-from .export_select import Ticket, present
+from ..models import HUB_SHORTCUTS
+from .model import FLOPS_LENGTH, ONNX_FILE, ONNX_INPUTS, SHRUNK_DIR, Report
+from .select import Ticket, present
 
 # Hub ids of the model shortcuts, for the card's `base_model` (a local directory has none).
 BASE_MODELS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", **HUB_SHORTCUTS}

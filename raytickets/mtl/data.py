@@ -17,9 +17,9 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .distributed import global_batches, world
-from .errors import ConfigError
-from .tasks import TASKS, TaskSpec, collate, get_task
+from ..distributed import global_batches, world
+from ..errors import ConfigError
+from ..tasks import TASKS, TaskSpec, collate, get_task
 
 
 @dataclass
@@ -34,9 +34,9 @@ class TaskData:
 
 def load_task_data(tasks: Sequence[str], model: str, data_cfg, tokenizer=None) -> dict[str, TaskData]:
     """Every task's splits under one data config, from the tokenised cache (`tickets.tokenize`)."""
-    from .config import TicketConfig
-    from .models import load_tokenizer
-    from .tickets import tokenize
+    from ..config import TicketConfig
+    from ..models import load_tokenizer
+    from ..tickets import tokenize
 
     tokenizer = tokenizer or load_tokenizer(model)
     out = {}

@@ -12,8 +12,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .baselines import BASELINES
-from .errors import ResultsError
+from ..baselines import BASELINES
+from ..errors import ResultsError
 from .stats import selection_test, welch_greater
 
 SPARSITY_DECIMALS = 4

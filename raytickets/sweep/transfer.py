@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import SweepConfig, TransferConfig
-from .errors import ConfigError
-from .store import ResultsStore
+from ..config import SweepConfig, TransferConfig
+from ..errors import ConfigError
+from ..store import ResultsStore
 
 RANDOM = "random"  # the source_task of a random mask's transfer rows
 TOLERANCE = 0.01  # sparsities closer than this are one level (a schedule's 0.488 for a requested 0.5 is not)
@@ -122,8 +122,8 @@ def _source_tickets(t: TransferConfig, tickets: pd.DataFrame) -> pd.DataFrame:
 
 def _matching_levels(source: str) -> dict[str, float]:
     """Each task's matching sparsity (paper rule) in the source root, by the analysis' rule."""
-    from .analysis import findings
-    from .curves import scored
+    from ..analysis.tables import findings
+    from ..analysis.curves import scored
 
     supers = findings(scored(ResultsStore(source).rounds()))["super_tickets"]
     if supers.empty:

@@ -9,9 +9,9 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from .tasks import GLUE
-from .errors import ConfigError, ResultsError
-from .store import ResultsStore
+from ..tasks import GLUE
+from ..errors import ConfigError, ResultsError
+from ..store import ResultsStore
 
 
 
@@ -24,8 +24,8 @@ def super_ticket_masks(store: ResultsStore, tasks: Sequence[str], seeds: Sequenc
     — a root that grew over several settings holds several curves per task. ResultsError or
     ConfigError, naming what is there, when a task or a seed has no ticket, when a task has several
     candidate curves, or when the tickets come from different models."""
-    from .analysis import best_tickets
-    from .curves import SPARSITY_DECIMALS, scored
+    from ..analysis.tables import best_tickets
+    from ..analysis.curves import SPARSITY_DECIMALS, scored
 
     rounds = store.rounds()
     best = [b for b in best_tickets(store.root) if not pd.isna(b["sparsity"])]  # NaN: a curve without a pruned level

@@ -13,14 +13,14 @@ import numpy as np
 import pandas as pd
 
 from .curves import CURVE_KEY, SPARSITY_DECIMALS
-from .errors import ResultsError
-from .models import layer_of, tensor_kind
-from .store import ResultsStore, first_line
+from ..errors import ResultsError
+from ..models import layer_of, tensor_kind
+from ..store import ResultsStore, first_line
 
 if TYPE_CHECKING:  # masks import torch; analysis loads it only when masks are read
     import torch
 
-    from .masks import Mask
+    from ..masks import Mask
 
 
 def ticket_masks(store: ResultsStore, rounds: pd.DataFrame, supers: pd.DataFrame, which: str) -> pd.DataFrame:
@@ -94,7 +94,7 @@ def _pair_rows(store: ResultsStore, ident: dict, a: pd.DataFrame, b: pd.DataFram
 
 def _whole_units(method: str) -> bool:
     """Whether a method's masks remove whole heads and FFN units (then shared units are counted too)."""
-    from .pruning import METHODS
+    from ..pruning import METHODS
 
     return method in METHODS and METHODS[method].whole_units
 
@@ -138,7 +138,7 @@ def unit_counts(mask_a, mask_b, heads: int | None) -> pd.DataFrame:
 def aggregate_counts(counts: pd.DataFrame) -> list[dict]:
     """Rows of (scope, group, counts, jaccard, random_jaccard, ratio): weights overall, per layer and per
     tensor kind; structured units ("head", "ffn") overall ("all") and per layer."""
-    from .masks import Mask
+    from ..masks import Mask
 
     rows = []
     weights, units = counts[counts["unit"] == "weight"], counts[counts["unit"] != "weight"]
@@ -180,7 +180,7 @@ def _heads(model: str, num_heads: int | Mapping[str, int] | None) -> int | None:
     try:
         from transformers import AutoConfig
 
-        from .models import resolve_model
+        from ..models import resolve_model
 
         return int(AutoConfig.from_pretrained(resolve_model(model)).num_attention_heads)
     except Exception as exc:  # offline hub id, deleted directory: heads are then simply not counted

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def run_on_ray(plan, runs: list[tuple[str, int]], address: str | None = None, temp_dir: str | None = None,
@@ -21,9 +21,9 @@ def run_on_ray(plan, runs: list[tuple[str, int]], address: str | None = None, te
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from .cluster import connect
-    from .config import ResourcesConfig, SweepConfig
-    from .store import ResultsStore
+    from ..sweep.cluster import connect
+    from ..config import ResourcesConfig, SweepConfig
+    from ..store import ResultsStore
 
     cfg = plan.cfg
     need = cfg.workers * cfg.cpus_per_worker
@@ -34,7 +34,7 @@ def run_on_ray(plan, runs: list[tuple[str, int]], address: str | None = None, te
         have = ray.cluster_resources().get("CPU", 0)
         if need > have + 1e-9:  # Ray would wait for the workers forever
             raise ConfigError(f"workers: {cfg.workers} x {cfg.cpus_per_worker} CPU need {need:g} CPUs; the cluster has {have:g}")
-        from .mtl_data import load_task_data
+        from .data import load_task_data
 
         load_task_data(sorted(cfg.tasks), plan.model_path, cfg.data)  # tokenise once, before the workers read it
         trainer = TorchTrainer(
@@ -57,7 +57,7 @@ def run_on_ray(plan, runs: list[tuple[str, int]], address: str | None = None, te
 
 
 def _as_row(record: dict):
-    from .rows import RoundRow
+    from ..rows import RoundRow
 
     clean = {k: (None if v is not None and not isinstance(v, str) and v != v else v) for k, v in record.items()}
     return RoundRow(**{k: v for k, v in clean.items() if k in RoundRow.__dataclass_fields__})
@@ -69,9 +69,9 @@ def _worker(config: dict) -> None:
     import torch
     from ray.train.torch import get_device
 
-    from .distributed import barrier
-    from .mtl import record, train_arm
-    from .store import ResultsStore
+    from ..distributed import barrier
+    from .experiment import record, train_arm
+    from ..store import ResultsStore
 
     plan, runs = config["plan"], config["runs"]
     torch.set_num_threads(max(1, round(plan.cfg.cpus_per_worker)))

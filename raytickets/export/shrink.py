@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import MaskError
-from .masks import Mask
-from .models import encoder
+from ..errors import MaskError
+from ..masks import Mask
+from ..models import encoder
 
 FORMAT = "raytickets.shrunk"
 VERSION = 1

@@ -56,11 +56,11 @@ from .curves import (  # noqa: F401  (re-exported: the analysis' public names)
     BASELINE_KINDS, CURVE_KEY, CURVE_KINDS, SPARSITY_DECIMALS, curves, full_model, level_trials, of_curve,
     phase_transition, scored, seed_values, setting_labels, super_tickets, transfer,
 )
-from .errors import ResultsError
-from .mtl_tables import chosen_from_rows, format_table, mtl_table, sharing_table
+from ..errors import ResultsError
+from .multitask import chosen_from_rows, format_table, mtl_table, sharing_table
 from .overlap import aggregate_counts, layer_sparsity, overlap, tensor_counts, ticket_masks, unit_counts  # noqa: F401
 from .stats import welch_greater  # noqa: F401
-from .store import META_VERSION, SCHEMA_VERSION, ResultsStore, first_line, open_filesystem, tag_table, write_parquet_atomic
+from ..store import META_VERSION, SCHEMA_VERSION, ResultsStore, first_line, open_filesystem, tag_table, write_parquet_atomic
 
 
 _S, _F, _I, _B = pa.string(), pa.float64(), pa.int64(), pa.bool_()

@@ -18,13 +18,13 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .config import TrainConfig
-from .distributed import gather, loss_weight, reduce_sum, world
-from .errors import ConfigError
-from .mtl_data import TaskData, batches_per_epoch, task_batches, task_schedule
-from .mtl_model import MultiTaskModel
-from .precision import autocast, optimizer_step, resolve as resolve_precision, scaler as make_scaler
-from .train import accumulation, device_of, evaluate, make_optimizer
+from ..config import TrainConfig
+from ..distributed import gather, loss_weight, reduce_sum, world
+from ..errors import ConfigError
+from .data import TaskData, batches_per_epoch, task_batches, task_schedule
+from .model import MultiTaskModel
+from ..precision import autocast, optimizer_step, resolve as resolve_precision, scaler as make_scaler
+from ..train import accumulation, device_of, evaluate, make_optimizer
 
 
 @dataclass

@@ -13,12 +13,15 @@ With `search.mtl.tickets: self` one command runs the whole experiment: first the
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from pathlib import Path
 
-from .config import SweepConfig
-from .errors import ConfigError, RayticketsError
-from .loader import build
+from ..config import SweepConfig, TicketConfig
+from ..errors import ConfigError, RayticketsError
+from ..loader import build
+from ..sweep.layout import results_dir, work_dir
+from ..sweep.modes import SweepMode, TrialJob
 
 MTL_KEY = "mtl_run"  # search-space key of an mtl sweep's trials: {"arm": ..., "seed": ...}
 SELF = "self"  # search.mtl.tickets: the tickets of this config's own search space, found first by the same command
@@ -28,8 +31,7 @@ _SET_BY_THE_SWEEP = {"workers": "resources.num_workers", "cpus_per_worker": "res
 
 def experiment(cfg: SweepConfig):
     """The `mtl.MTLConfig` of an mtl-mode sweep, validated: one-line errors that name `search.mtl.<field>`."""
-    from .mtl import MTLConfig
-    from .trial import results_dir
+    from .experiment import MTLConfig
 
     data = dict(cfg.search.mtl)
     for key, where in _SET_BY_THE_SWEEP.items():
@@ -65,10 +67,8 @@ def absolute_paths(cfg: SweepConfig, absolute) -> None:
         m["model"] = absolute(m["model"])
 
 
-def stages(cfg: SweepConfig, tickets_of) -> list[SweepConfig]:
-    """`cfg`, or with `tickets: self` the ticket sweep of its space (mode grid) then the mtl sweep on its results.
-    `tickets_of(stage)` is the results root a ticket stage writes (`trial.results_dir`)."""
-    from .trial import work_dir
+def stages(cfg: SweepConfig) -> list[SweepConfig]:
+    """`cfg`, or with `tickets: self` the ticket sweep of its space (mode grid) then the mtl sweep on its results."""
 
     if cfg.search.mtl.get("tickets") != SELF:
         return [cfg]
@@ -87,8 +87,8 @@ def stages(cfg: SweepConfig, tickets_of) -> list[SweepConfig]:
     runs.name = f"{cfg.name}-mtl"
     runs.work_dir = str(work_dir(tickets))  # one tokenised cache for both stages
     runs.search.space = {}
-    runs.search.mtl["tickets"] = tickets_of(tickets)
-    runs.search.mtl.setdefault("out", tickets_of(tickets))
+    runs.search.mtl["tickets"] = results_dir(tickets)
+    runs.search.mtl.setdefault("out", results_dir(tickets))
     return [tickets, runs]
 
 
@@ -105,7 +105,7 @@ def describe_stage(cfg: SweepConfig) -> str:
 
 def start(cfg: SweepConfig):
     """Plan the experiment (every bad-input check on the tickets, before a cluster starts): its `mtl.Plan`."""
-    from .mtl import plan
+    from .experiment import plan
 
     m = experiment(cfg)
     try:
@@ -116,7 +116,7 @@ def start(cfg: SweepConfig):
 
 def _prefixed(text: str) -> str:
     """`search.mtl.<field>: ...` for a message that names an MTL config field first; any other as it is."""
-    from .mtl import MTLConfig
+    from .experiment import MTLConfig
 
     field = text.partition(":")[0].split(".")[0]
     return f"search.mtl.{text}" if field in MTLConfig.__dataclass_fields__ else text
@@ -124,7 +124,7 @@ def _prefixed(text: str) -> str:
 
 def describe(p) -> str:
     """`raytickets mtl`'s plan, and how the sweep runs it."""
-    from .mtl_cli import describe as plan_in_words
+    from .cli import describe as plan_in_words
 
     return (plan_in_words(p) + f"\nsweep: one trial per (arm, seed) run that trains ({len(runs(p))}), each on "
             f"{p.cfg.workers} Ray Train worker(s); rows: {p.cfg.out}")
@@ -133,15 +133,15 @@ def describe(p) -> str:
 def runs(p) -> list[dict]:
     """The trials: every (arm, seed) run that trains, stored or not (a stored one ends at once), so the grid is
     the same when a resumed sweep rebuilds it."""
-    from .mtl import ARMS
+    from .experiment import ARMS
 
     return [{"arm": arm, "seed": seed} for seed in p.cfg.seeds for arm in p.cfg.arms if ARMS[arm].trains]
 
 
 def prepare(p) -> None:
     """Store the arms that train nothing; tokenise every task once, into the cache every trial reads."""
-    from .mtl import record_read_arms
-    from .mtl_data import load_task_data
+    from .run import record_read_arms
+    from .data import load_task_data
 
     record_read_arms(p)
     load_task_data(sorted(p.cfg.tasks), p.model_path, p.cfg.data)
@@ -149,8 +149,8 @@ def prepare(p) -> None:
 
 def finish(p, started: float) -> None:
     """Print the experiment's per-task table with each task's sharing, as `raytickets mtl` does."""
-    from .mtl import results
-    from .mtl_tables import format_table
+    from .run import results
+    from ..analysis.multitask import format_table
 
     table, sharing = results(p)
     print(f"\nmulti-task results ({time.time() - started:.0f} s; experiment {p.setting_id}):")
@@ -161,25 +161,82 @@ def finish(p, started: float) -> None:
 # ---------------------------------------------------------------- a trial
 
 
-def trial_job(cfg: SweepConfig, run: dict):
-    """(the experiment's plan, and the Ray Train worker loop and its config for one (arm, seed) trial, or None
-    when the run is stored already). The plan is built once per trial and handed to `trial_result`."""
-    from .mtl import plan
-    from .mtl_ray import _worker
+def trial_job(cfg: SweepConfig, params: dict) -> TrialJob:
+    """The Ray Train worker loop of one (arm, seed) run, or no loop when the run is stored already; the result
+    reads the run's rows back. The plan is built once per trial."""
+    from .experiment import plan
+    from .remote import _worker
 
+    run = params[MTL_KEY]
     p = plan(experiment(cfg))
     arm, seed = run["arm"], int(run["seed"])
+    result = functools.partial(trial_result, p, run)
     if (arm, seed) in p.done:
-        return p, None
-    return p, (_worker, {"plan": p, "runs": [(arm, seed)]})
+        return TrialJob(result=result)
+    return TrialJob(_worker, {"plan": p, "runs": [(arm, seed)]}, result)
 
 
 def trial_result(p, run: dict) -> dict:
     """What the trial reports to Tune: the run's mean main metric over its tasks (rows read back from `out`)."""
-    from .store import ResultsStore
+    from ..store import ResultsStore
 
     rounds = ResultsStore(p.cfg.out).rounds()
     mine = rounds[(rounds["kind"] == "mtl") & (rounds["setting_id"] == p.setting_id) & (rounds["arm"] == run["arm"])
                   & (rounds["seed"] == int(run["seed"]))]
     return {"arm": run["arm"], "seed": int(run["seed"]), "mean_metric": float(mine["metric"].mean()),
             "tasks": int(len(mine))}
+
+
+class MTLSweep(SweepMode):
+    """`search.mode: mtl`: one trial per (arm, seed) multi-task run that trains, each to its end (no scheduler)."""
+
+    name = "mtl"
+    summary = "a multi-task experiment (raytickets mtl), one trial per (arm, seed) run"
+    uses_scheduler = False
+
+    def validate(self, cfg: SweepConfig) -> None:
+        if cfg.search.mtl is None:
+            raise ConfigError("search.mtl: mtl mode needs the multi-task experiment (tasks, tickets, seeds, arms, ...)")
+        if cfg.search.transfer is not None:
+            raise ConfigError("search.transfer: not in mtl mode; a sweep runs transfer jobs or multi-task runs")
+        if cfg.search.mtl.get("tickets") != SELF and cfg.ticket != TicketConfig():
+            # on stored tickets no trajectory is trained: the template is not read (and must not be set)
+            raise ConfigError("ticket: an mtl sweep on stored tickets (search.mtl.tickets) does not read it; set the "
+                              "multi-task runs' data and train in search.mtl, or use search.mtl.tickets: self")
+        experiment(cfg)
+
+    def absolute_paths(self, cfg: SweepConfig, absolute) -> None:
+        absolute_paths(cfg, absolute)
+
+    def stages(self, cfg: SweepConfig) -> list[SweepConfig]:
+        return stages(cfg)
+
+    def start(self, cfg: SweepConfig):
+        return start(cfg)
+
+    def space(self, cfg: SweepConfig, p) -> dict:
+        from ray import tune
+
+        return {MTL_KEY: tune.grid_search(runs(p))}
+
+    def describe(self, cfg: SweepConfig, p, space: dict) -> str:
+        return describe(p)
+
+    def describe_stage(self, cfg: SweepConfig) -> str:
+        return describe_stage(cfg)
+
+    def prepare(self, cfg: SweepConfig, p) -> None:
+        prepare(p)
+
+    def samples(self, cfg: SweepConfig) -> int:
+        return 1  # the trials are the (arm, seed) grid, each run once
+
+    def trial_job(self, cfg: SweepConfig, params: dict, trial: dict) -> TrialJob:
+        return trial_job(cfg, params)
+
+    def finish(self, cfg: SweepConfig, p, started: float) -> list[dict]:
+        finish(p, started)
+        return []
+
+
+MODE = MTLSweep()

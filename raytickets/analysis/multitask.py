@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from .curves import scored
 from .overlap import overlap
 from .stats import paired_greater
-from .store import ResultsStore
-from .tasks import TASKS
+from ..store import ResultsStore
+from ..tasks import TASKS
 
 AVERAGE = "average"  # the task-average row (GLUE's score: the mean of each task's main metric)
 TABLE_COLUMNS = ["setting_id", "task", "metric_name", "arm", "mean", "std", "seeds", "failed_seeds", "sparsity",

@@ -12,11 +12,12 @@ import argparse
 import json
 import time
 
-from .errors import ConfigError
-from .loader import read_yaml
-from .mtl import ARMS, MTLConfig, Plan, load_mtl_config, plan, results, run
-from .mtl_tables import format_table
-from .rows import RoundRow
+from ..errors import ConfigError, one_line
+from ..loader import read_yaml
+from .experiment import ARMS, MTLConfig, Plan, load_mtl_config, plan
+from .run import results, run
+from ..analysis.multitask import format_table
+from ..rows import RoundRow
 
 
 # (flag, config field, type, help)
@@ -43,7 +44,7 @@ _FLAGS = [
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """The `mtl` subcommand on the `raytickets` parser's subparsers (`mtl.register_cli`)."""
+    """Add the `mtl` subcommand (flags, help, handler) to the `raytickets` parser's subparsers."""
     p = subparsers.add_parser("mtl", help="multi-task learning through shared super tickets (Liang et al. 2021 §5)")
     p.add_argument("--config", help="YAML with an MTL config (flags and overrides win over it)")
     for flag, _, tp, text in _FLAGS:
@@ -112,9 +113,22 @@ def _run_sweep(cfg: MTLConfig, address: str | None, temp_dir: str | None) -> Non
     """The `sweep` section as `python -m raytickets.sweep` runs it (an interrupted one resumes)."""
     from ray import tune
 
-    from .sweep import absolute_paths
-    from .sweep import run as run_sweep
-    from .trial import sweep_dir
+    from ..sweep.tuner import absolute_paths
+    from ..sweep.tuner import run as run_sweep
+    from ..sweep.layout import sweep_dir
 
     sweep = absolute_paths(cfg.sweep)
     run_sweep(sweep, address, resume=tune.Tuner.can_restore(sweep_dir(sweep)), temp_dir=temp_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m raytickets.mtl ...`: the same command as `raytickets mtl ...`."""
+    import os
+    import sys
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = argparse.ArgumentParser(prog="python -m raytickets.mtl")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv if argv[:1] == ["mtl"] else ["mtl", *argv])
+    return one_line(args.func, args)

@@ -9,34 +9,14 @@ process rebuilds it once; a transfer trial's job (`transfer.TransferJob` / `OwnJ
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from . import mtl_sweep
-from .config import SweepConfig, TicketConfig
-from .mtl_sweep import MTL_KEY
-from .loader import apply_overrides, build, to_dict
-from .transfer import OwnJob, TransferJob, job_of, overrides_of
+from ..config import SweepConfig, TicketConfig
+from ..loader import apply_overrides, build, to_dict
+from .layout import results_dir, sweep_dir, work_dir
+from .transfer import TransferJob, job_of, overrides_of
 
 JOB_KEY = "job"  # search-space key of a transfer sweep's trials: a transfer job as a dict (transfer.plan)
 PACK_KEY = "trajectories"  # search.trajectories_per_trial > 1: a trial's grid points, a list of params dicts
-
-
-def sweep_dir(cfg: SweepConfig) -> str:
-    """`<storage_path>/<name>`: Tune's experiment directory (a local path or a URI)."""
-    return f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
-
-
-def work_dir(cfg: SweepConfig) -> Path:
-    """Trajectory state and the tokenised data: a local (or NFS-mounted) directory every worker sees."""
-    if cfg.work_dir:
-        return Path(cfg.work_dir)
-    if "://" in cfg.storage_path:  # object storage: state stays on the node (a retry elsewhere recomputes)
-        return Path.home() / "raytickets-work" / cfg.name
-    return Path(sweep_dir(cfg)) / "work"
-
-
-def results_dir(cfg: SweepConfig) -> str:
-    return cfg.results_dir or f"{sweep_dir(cfg)}/results"
 
 
 def trial_ticket(cfg: SweepConfig, params: dict) -> TicketConfig:
@@ -51,48 +31,45 @@ def trial_ticket(cfg: SweepConfig, params: dict) -> TicketConfig:
 
 
 def trial_driver(params: dict, sweep: dict) -> None:
-    """Tune trainable: run one trajectory on `num_workers` Ray Train workers, forwarding round reports."""
+    """Tune trainable: run the mode's job for this trial on `num_workers` Ray Train workers (their round reports
+    reach Tune through TuneReportCallback), then report what the mode reads back, if anything."""
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from .cluster import trial_resources
+    from .modes import of
 
     cfg = build(SweepConfig, sweep)
+    mode = of(cfg)
     trial_id = tune.get_context().get_trial_id()
     own = ray.util.get_current_placement_group()  # Tune's for this trial; the Train controller runs inside it
     trial_pg = own.id.hex() if own is not None else None
-    r = cfg.resources
-    loop, loop_config = worker_loop, {"sweep": sweep, "params": params, "trial": trial_id, "trial_pg": trial_pg}
-    run = params.get(MTL_KEY)
-    if run is not None:  # an mtl sweep's trial: one (arm, seed) multi-task run
-        experiment, job = mtl_sweep.trial_job(cfg, run)
-        if job is None:  # stored already (before a kill, or by `raytickets mtl`): never trained twice
-            tune.report(mtl_sweep.trial_result(experiment, run))
-            return
-        loop, loop_config = job
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=trial_resources(cfg)
-        ),
-        # A name derived from the trial id: Train V2 resumes a run it has seen when the trial is retried.
-        run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}",
-            storage_path=f"{sweep_dir(cfg)}/train",
-            callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-        ),
-    )
-    try:
-        trainer.fit()
-    finally:  # the run is over: nothing of it may hold the cluster (ray-project/ray#54305)
-        if trial_pg is not None:
-            remove_leftover_placement_groups(trial_pg, owners={trial_pg: trial_id})
-    if run is not None:  # its workers report nothing to Tune: the rows they stored are the result
-        tune.report(mtl_sweep.trial_result(experiment, run))
+    job = mode.trial_job(cfg, params, {"id": trial_id, "pg": trial_pg})
+    if job.loop is not None:
+        r = cfg.resources
+        trainer = TorchTrainer(
+            job.loop,
+            train_loop_config=job.config,
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=trial_resources(cfg)
+            ),
+            # A name derived from the trial id: Train V2 resumes a run it has seen when the trial is retried.
+            run_config=ray.train.RunConfig(
+                name=f"train-{trial_id}",
+                storage_path=f"{sweep_dir(cfg)}/train",
+                callbacks=[TuneReportCallback()],
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            ),
+        )
+        try:
+            trainer.fit()
+        finally:  # the run is over: nothing of it may hold the cluster (ray-project/ray#54305)
+            if trial_pg is not None:
+                remove_leftover_placement_groups(trial_pg, owners={trial_pg: trial_id})
+    if job.result is not None:  # workers that report nothing to Tune: the rows they stored are the result
+        tune.report(job.result())
 
 
 TRAIN_CONTROLLER = "TrainController"  # Ray 2.60's class of the actor that creates a Train run's placement group
@@ -180,9 +157,9 @@ def run_trajectory(cfg: SweepConfig, ticket: TicketConfig, params: dict, trial: 
     import ray.train
     from ray.train.torch import get_device
 
-    from .results import Recorder
-    from .store import ResultsStore
-    from .tickets import Trajectory, round_lines
+    from ..results import Recorder
+    from ..store import ResultsStore
+    from ..tickets import Trajectory, round_lines
 
     ticket.train.progress = False  # a sweep logs one line a round, never a per-step bar
     traj = Trajectory(ticket, work_dir(cfg), device=get_device())
