@@ -71,7 +71,9 @@ class TrainConfig:
     grad_accumulation: int | None = None
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    optimizer: Literal["adamw", "adamax"] = "adamw"  # adamax: Liang et al.'s (MT-DNN's) optimiser
+    # adamax_mtdnn: Liang et al.'s (MT-DNN's Adamax, optim.MTDNNAdamax: decay after the normalisation);
+    # adamax: torch's, whose decay is L2 on the gradient (about lr per step off every weight with g ≈ 0)
+    optimizer: Literal["adamw", "adamax", "adamax_mtdnn"] = "adamw"
     # Compute dtype of training, evaluation and importance scoring (weights, mask and optimiser stay fp32).
     # null: bf16 where the hardware has it natively (CUDA capability >= 8, a CPU with AMX), else fp32;
     # a trajectory fixes it for its device before its run id is computed (precision.resolve).

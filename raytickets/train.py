@@ -27,6 +27,7 @@ from .config import TrainConfig
 from .distributed import global_batches, loss_weight, world
 from .errors import ConfigError
 from .masks import Mask
+from .optim import MTDNNAdamax
 from .precision import autocast, optimizer_step, resolve as resolve_precision, scaler as make_scaler
 from .tasks import TaskSpec, chance_metrics, compute_metrics
 
@@ -71,7 +72,8 @@ def epoch_data(train_data, epoch: int):
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
-    """AdamW (or Adamax) without decay on biases and LayerNorm, as BERT's recipe; linear warmup then decay."""
+    """AdamW, torch's Adamax or MT-DNN's Adamax (`optim.MTDNNAdamax`, Liang et al.'s), without decay on biases
+    and LayerNorm as BERT's recipe (and MT-DNN's, mt_dnn/model.py:60-68); linear warmup then decay."""
     from transformers import get_linear_schedule_with_warmup
 
     if cfg.learning_rate is None:  # config.resolve picks the model's default; a bare TrainConfig has none
@@ -83,7 +85,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamax":  # decoupled decay is AdamW's; Adamax's weight_decay is L2, as MT-DNN uses it
+    if cfg.optimizer == "adamax_mtdnn":  # decay after the normalisation, no bias correction, eps 1e-6
+        optimizer = MTDNNAdamax(groups, lr=cfg.learning_rate)
+    elif cfg.optimizer == "adamax":  # torch's: decay added to the gradient (L2), so ~lr·sign(w) where g ≈ 0
         optimizer = torch.optim.Adamax(groups, lr=cfg.learning_rate)
     else:  # on CUDA one fused kernel updates every tensor (torch's fastest AdamW there)
         cuda = all(p.is_cuda for g in groups for p in g["params"])

@@ -130,6 +130,66 @@ def test_without_reapplying_the_mask_adamw_would_revive_pruned_weights(sst2):
     assert revived > 0.9 * grad_on_pruned.numel()
 
 
+def test_mtdnn_adamax_is_mt_dnns_update_rule_on_a_hand_computed_step():
+    """Two steps of MT-DNN's Adamax (module/bert_optim.py:119-139 of Liang et al.'s code) on w = [1, -2],
+    lr 0.1, decay 0.01, eps 1e-6, gradients [0.5, 0] then [-0.25, 0], worked out by hand:
+      step 1, w[0]: m = 0.1·0.5 = 0.05;  u = |0.5| + 1e-6 = 0.500001;  Δ = 0.05/(0.500001 + 1e-6) + 0.01·1
+                    = 0.0999996 + 0.01 = 0.1099996;  w = 1 - 0.1·0.1099996 = 0.98900004
+              w[1]: g = 0, so m = 0 and Δ = 0.01·(-2) alone: w = -2 + 0.002 = -1.998
+      step 2, w[0]: m = 0.9·0.05 + 0.1·(-0.25) = 0.02;  u = max(0.999·0.500001, 0.250001) = 0.499500999;
+                    Δ = 0.02/0.499501999 + 0.01·0.98900004 = 0.04003988 + 0.00989000 = 0.04992988;
+                    w = 0.98900004 - 0.004992988 = 0.98400705
+              w[1]: w = -1.998·(1 - 0.1·0.01) = -1.996002
+    No bias correction (torch's Adamax would divide m by 1 - 0.9 = 0.1 at step 1) and the decay after the
+    normalisation (torch's adds 0.01·w to g, and the zero-gradient entry would move by ~lr = 0.1)."""
+    from raytickets.optim import MTDNNAdamax
+
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = MTDNNAdamax([w], lr=0.1, weight_decay=0.01)
+    assert opt.defaults["eps"] == 1e-6 and opt.defaults["betas"] == (0.9, 0.999)  # MT-DNN's (bert_optim.py:37)
+    w.grad = torch.tensor([0.5, 0.0], dtype=torch.float64)
+    opt.step()
+    assert torch.allclose(w.detach(), torch.tensor([0.98900004, -1.998], dtype=torch.float64), atol=1e-8)
+    w.grad = torch.tensor([-0.25, 0.0], dtype=torch.float64)
+    opt.step()
+    assert torch.allclose(w.detach(), torch.tensor([0.98400705, -1.996002], dtype=torch.float64), atol=1e-8)
+    assert opt.state[w]["step"] == 2
+
+    v = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))  # the contrast: torch's Adamax
+    torch_opt = torch.optim.Adamax([v], lr=0.1, weight_decay=0.01)
+    v.grad = torch.tensor([0.5, 0.0], dtype=torch.float64)
+    torch_opt.step()
+    assert abs(v[1].item() - -1.9) < 1e-6  # the zero-gradient weight moves lr = 0.1, not lr·wd·|w| = 0.002
+
+
+def test_adamax_mtdnn_decays_unseen_embeddings_by_lr_wd_w_where_torchs_adamax_takes_lr(sst2):
+    """Issue 17 item 3: under torch's Adamax(weight_decay) every embedding row of a token not in the batch
+    shrinks by ~lr per step (its only gradient is wd·w, normalised to ±1); MT-DNN's rule moves it lr·wd·w."""
+    from raytickets.optim import MTDNNAdamax
+
+    batch = sst2.collate([sst2.train[i] for i in range(8)])
+    lr, wd = 5e-5, 0.01
+    moved = {}
+    for name in ("adamax_mtdnn", "adamax"):
+        model = sst2.model()
+        model.eval()  # no dropout: the two optimisers see the same gradient
+        table = model.bert.embeddings.word_embeddings.weight
+        unseen = torch.ones(table.shape[0], dtype=torch.bool)
+        unseen[batch["input_ids"].unique()] = False
+        before = table.detach().clone()
+        optimizer, _ = make_optimizer(model, TrainConfig(learning_rate=lr, weight_decay=wd, warmup_ratio=0.0,
+                                                         optimizer=name), steps=10)
+        assert isinstance(optimizer, MTDNNAdamax) == (name == "adamax_mtdnn")
+        model(**batch).loss.backward()
+        optimizer.step()
+        moved[name] = (before - table.detach())[unseen]
+        if name == "adamax_mtdnn":
+            # to float32's resolution at |w| ~ 0.05 (an ulp is ~4e-9): lr·wd·w is ~1e-8
+            assert torch.allclose(moved[name], lr * wd * before[unseen], rtol=0, atol=8e-9)
+    assert moved["adamax_mtdnn"].abs().mean() < 1e-3 * lr  # ~lr·wd·0.02 = 1e-8 per step
+    assert moved["adamax"].abs().mean() > 0.9 * lr  # torch's: ~lr per step, whatever wd is
+
+
 def test_gradient_clipping_counts_only_the_weights_a_mask_keeps(sst2):
     """Pruned weights do not exist: their gradients are zeroed before clipping, so the clipped norm is the
     norm over kept weights (at 90% sparsity the old norm over every weight was ~1.4x larger)."""
