@@ -362,6 +362,31 @@ def test_select_keeps_the_most_important_head_of_every_layer():
         select_structured(importance, 0.5, 0.5, granularity="block")
 
 
+def test_head_counts_are_liangs_int_and_ffn_sublayers_their_counts():
+    """BERT-base's 144 heads at Liang et al.'s levels 10 ... 80 % are int(144·p) (masking.py:13): the masks
+    their rewind scripts load are mask_14/28/43/57/72/86/100/115_heads (scripts/rewind_rte_winning.sh:31-199),
+    so 57 heads at 40 % and 100 at 70 % where round() gave 58 and 101; whole FFN sublayers 1 ... 8 of 12
+    (mask_1_ffn ... mask_8_ffn) come back from the preset's four-digit fractions k/12."""
+    gen = torch.Generator().manual_seed(0)
+    importance = StructuredImportance(heads=torch.rand(12, 12, generator=gen), neurons=torch.rand(12, 4, generator=gen),
+                                      ffn_layers=torch.rand(12, generator=gen))
+    theirs = [14, 28, 43, 57, 72, 86, 100, 115]
+    for k, (heads_pruned, ffn_fraction) in enumerate(zip(theirs, (0.0833, 0.1667, 0.25, 0.3333, 0.4167, 0.5,
+                                                                   0.5833, 0.6667)), start=1):
+        heads, neurons, ffn = select_structured(importance, k / 10, ffn_fraction, granularity="layer")
+        assert sum(map(len, heads.values())) == heads_pruned, k
+        assert len(ffn) == k and neurons == {}
+        config = type("C", (), dict(num_hidden_layers=12, num_attention_heads=12, intermediate_size=4))
+        random_heads, _, random_ffn = random_structured(config, k / 10, ffn_fraction, "layer",
+                                                        torch.Generator().manual_seed(k))
+        assert sum(map(len, random_heads.values())) == heads_pruned and len(random_ffn) == k
+    # 100 heads at 29 %: 0.29·100 is 28.999…96 in floating point; Liang's int(100 * 29 / 100) is 29
+    hundred = StructuredImportance(heads=torch.rand(10, 10, generator=gen), neurons=torch.rand(10, 4, generator=gen),
+                                   ffn_layers=torch.rand(10, generator=gen))
+    heads, _, _ = select_structured(hundred, 0.29, 0.0)
+    assert 0.29 * 100 < 29 and sum(map(len, heads.values())) == int(100 * 29 / 100) == 29
+
+
 def test_select_losing_prunes_the_most_important():
     heads, neurons, ffn = select_structured(made_up_importance(), 0.25, 0.5, granularity="layer", losing=True)
     assert heads == {1: [0, 2]} and neurons == {} and ffn == [0]

@@ -11,6 +11,7 @@ row and output column, a whole FFN sublayer's two matrices and its output bias.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal, Mapping
 
@@ -315,15 +316,20 @@ def _pruned_units(current: Mask, L: int, H: int, I: int) -> tuple[torch.Tensor, 
 
 
 def _choose(
-    scores: torch.Tensor, already: torch.Tensor, fraction: float, field: str, losing: bool, keep_one: bool
+    scores: torch.Tensor, already: torch.Tensor, fraction: float, field: str, losing: bool, keep_one: bool,
+    floor: bool = False,
 ) -> torch.Tensor:
-    """Bool [rows, units]: `already` plus the least (losing: most) important survivors, round(fraction·n) in all.
+    """Bool [rows, units]: `already` plus the least (losing: most) important survivors, round(fraction·n) in all
+    (floor: int(fraction·n), the head count of Liang et al.'s masking.py).
 
     keep_one: a unit is skipped when it is the last survivor of its row (layer), so the next one in the
     ranking elsewhere is taken instead: every layer keeps its most important head.
     """
     rows, size = already.shape if already.dim() == 2 else (1, already.numel())
-    count = round(fraction * already.numel())
+    n = already.numel()
+    # Liang et al. count heads as int(total_heads * percent / 100) (masking.py:13): 57 of 144 at 40 %, not 58.
+    # The 1e-9 keeps a fraction whose product lands a hair under an integer (0.29·100 = 28.999…) on it.
+    count = math.floor(fraction * n + 1e-9) if floor else round(fraction * n)
     pruned = already.clone().reshape(rows, size)
     if count < int(already.sum()):
         raise ConfigError(
@@ -366,9 +372,12 @@ def select_structured(
     """(heads, neurons, ffn_layers) to prune: the least important units (losing: the most important).
 
     Fractions are of all heads (global over layers) and of all FFN units (neurons, or whole sublayers with
-    granularity "layer"). Units `current` already removes count as pruned and stay in the result, so the
-    triple always describes the whole cumulative structured mask. Every layer keeps >= 1 head; a fraction
-    that cannot (more than (H-1)/H of the heads) is a ConfigError rather than a silent clamp.
+    granularity "layer"): int(fraction·L·H) heads, as Liang et al.'s masking.py:13 counts them, and
+    round(fraction·n) FFN units (their FFN masks are counts, 1 ... 12 sublayers, which a fraction written to
+    a few digits, 0.0833, gives back only by rounding). Units `current` already removes count as pruned and
+    stay in the result, so the triple always describes the whole cumulative structured mask. Every layer
+    keeps >= 1 head; a fraction that cannot (more than (H-1)/H of the heads) is a ConfigError rather than a
+    silent clamp.
     """
     head_fraction = check_fraction("head_fraction", head_fraction)
     ffn_fraction = check_fraction("ffn_fraction", ffn_fraction)
@@ -378,7 +387,7 @@ def select_structured(
         done_heads, done_neurons, done_ffn = (torch.zeros(shape, dtype=torch.bool) for shape in ((L, H), (L, I), (L,)))
     else:
         done_heads, done_neurons, done_ffn = _pruned_units(current, L, H, I)
-    heads = _choose(importance.heads, done_heads, head_fraction, "head_fraction", losing, keep_one=True)
+    heads = _choose(importance.heads, done_heads, head_fraction, "head_fraction", losing, keep_one=True, floor=True)
     if granularity == "neuron":
         neurons = _choose(importance.neurons, done_neurons, ffn_fraction, "ffn_fraction", losing, keep_one=False)
         return _as_units(heads), _as_units(neurons), []
