@@ -278,11 +278,13 @@ figure {{ margin: 2em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #555
 differ between the curves of one task). A collapsed run is scored at its chance value and counted under
 failed seeds. Matching sparsity: paper rule = highest sparsity with ticket mean &ge; full mean &minus; full
 std; strict rule = ticket mean &ge; full mean. Super ticket: the sparsity &gt; 0 with the best ticket mean,
-ties to the sparser level. p_selection: paired one-sided t-test over seeds (ticket &gt; full model of the same
-seed) at each of the K levels tested, Holm-adjusted over the K levels, at the super ticket: it accounts for
-picking the best of K. p_holdout (&ge; 4 paired seeds): the level chosen on the first half of the seeds,
-tested on the other half. p_welch: Welch's unpaired t-test of the chosen level on the seeds that chose it,
-uncorrected, for comparison only (it overstates significance). Trajectories: trials reaching the level.</p>
+ties to the sparser level. p_selection: exact sign-flip permutation test over seeds (ticket &gt; full model of
+the same seed) at each of the K levels tested, Holm-adjusted over the K levels, at the super ticket: it
+accounts for picking the best of K; with n seeds no p is below 2<sup>&minus;n</sup>, so p_selection &lt; 0.05 needs
+2<sup>&minus;n</sup> &lt; 0.05/K (9 seeds for K = 16). p_holdout (&ge; 4 paired seeds): the level chosen on the
+first half of the seeds, tested on the other half by the same permutation test. p_welch: Welch's unpaired
+t-test of the chosen level on the seeds that chose it, uncorrected, for comparison only (it overstates
+significance). Trajectories: trials reaching the level.</p>
 <h2>Summary</h2>
 {notes}
 {table}

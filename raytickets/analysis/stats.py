@@ -1,4 +1,4 @@
-"""The statistics behind the super ticket: level choice, paired and Welch tests, Holm, held-out confirmation.
+"""The statistics behind the super ticket: level choice, paired (sign-flip) and Welch tests, Holm, held-out confirmation.
 
 Every function works on the last axis (seeds) or the last two (levels x seeds) and broadcasts over any
 leading axes, so the analysis (one curve) and the simulations in tests/test_stats.py (thousands of
@@ -8,6 +8,7 @@ early, or has no full-model value) and is left out of that level only.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -15,6 +16,13 @@ from scipy import stats
 
 # Level means closer than this are a tie (the same values summed in another order differ in the last bits).
 TIE = 1e-12
+# Sign-flip sums closer than this times the metric values' size are a tie (float rounding, never an effect:
+# no dev set has 10**9 rows). Up to EXACT_SEEDS seeds every sign pattern is enumerated (2**16 = 65,536);
+# beyond, RESAMPLES random ones from a fixed seed, so a table is the same on every run.
+FLIP_TIE = 1e-9
+EXACT_SEEDS = 16
+RESAMPLES = 9999
+RESAMPLE_SEED = 20240601
 
 
 def best_level(means: np.ndarray, sparsities: np.ndarray) -> np.ndarray:
@@ -30,20 +38,65 @@ def best_level(means: np.ndarray, sparsities: np.ndarray) -> np.ndarray:
 
 
 def paired_greater(ticket: np.ndarray, full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Paired one-sided t-test over seeds that the ticket beats the full model: (t, p) along the last axis.
+    """One-sided paired test over seeds that the ticket beats the full model: (t, p) along the last axis.
 
-    The statistic of `scipy.stats.ttest_rel(ticket, full, alternative="greater")` (tests/test_stats.py checks
-    it against scipy), written out so that seeds missing on either side (NaN) drop out pair by pair in one
-    vectorised pass. NaN where fewer than two pairs remain or the differences are all zero.
+    p is the exact sign-flip permutation test of the summed differences (`sign_flip_greater`): under no
+    effect a seed's ticket and full model are exchangeable, so each difference is as likely negated. It has
+    no variance to divide by, so equal or tied differences give an honest p (at least 2**-n for n pairs)
+    where the t-test gave 0. t is the paired t statistic of the mean difference, kept as a description
+    only: +-inf when the differences are equal and nonzero, NaN when they are all zero. Seeds missing on
+    either side (NaN) drop out pair by pair; NaN where fewer than two pairs remain.
     """
-    d = np.asarray(ticket, dtype=float) - np.asarray(full, dtype=float)
+    ticket, full = np.asarray(ticket, dtype=float), np.asarray(full, dtype=float)
+    d = ticket - full
     n = np.sum(~np.isnan(d), axis=-1)
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # empty slices and ddof >= n: NaN, masked below
         t = np.nanmean(d, axis=-1) / (np.nanstd(d, axis=-1, ddof=1) / np.sqrt(n))
-        p = stats.t.sf(t, n - 1)
+    scale = np.nansum(np.where(np.isnan(d), np.nan, np.maximum(np.abs(ticket), np.abs(full))), axis=-1)
+    p = sign_flip_greater(d, scale)
     few = n < 2
-    return np.where(few, np.nan, t), np.where(few | np.isnan(t), np.nan, p)
+    return np.where(few, np.nan, t), np.where(few, np.nan, p)
+
+
+def sign_flip_greater(d: np.ndarray, scale: np.ndarray | float | None = None) -> np.ndarray:
+    """Exact one-sided sign-flip permutation p that the paired differences `d` (last axis, NaN = no pair) sum
+    above 0: the share of the 2**S sign patterns whose sum is at least the observed one (the observed
+    pattern included, so p >= 2**-n for n nonzero pairs). A missing pair counts as a zero difference, which
+    no flip changes: the p is the one over the present pairs. Beyond EXACT_SEEDS columns, RESAMPLES random
+    patterns from a fixed seed, p = (1 + count) / (1 + RESAMPLES). NaN where no pair is present.
+
+    Sums within FLIP_TIE x `scale` (default: the sum of |d|; `paired_greater` passes the metric values'
+    size, the size of their rounding) are ties: accuracies k/rows summed in another order differ in the
+    last bits. scipy.stats.permutation_test computes the same p, but its tie tolerance is relative to the
+    observed sum and misses those near 0 (tests/test_stats.py shows a case), and it keeps every pattern's
+    sum in memory; hence these lines.
+    """
+    d = np.asarray(d, dtype=float)
+    present = ~np.isnan(d)
+    if d.shape[-1] == 0:
+        return np.full(d.shape[:-1], np.nan)
+    flat = np.where(present, d, 0.0).reshape(-1, d.shape[-1])
+    if scale is None:
+        scale = np.nansum(np.abs(d), axis=-1)
+    tol = FLIP_TIE * np.broadcast_to(np.asarray(scale, dtype=float), d.shape[:-1]).reshape(-1)
+    signs, exact = _sign_patterns(d.shape[-1])
+    observed = flat.sum(axis=-1) - np.where(np.isnan(tol), 0.0, tol)
+    count = np.zeros(len(flat), dtype=np.int64)
+    block = max(1, (1 << 22) // max(1, len(flat)))  # ~4M sums in memory at a time
+    for start in range(0, len(signs), block):
+        count += np.sum(flat @ signs[start:start + block].T >= observed[:, None], axis=-1)
+    p = count / len(signs) if exact else (count + 1) / (len(signs) + 1)
+    return np.where(present.any(axis=-1), p.reshape(d.shape[:-1]), np.nan)
+
+
+@functools.lru_cache(maxsize=None)
+def _sign_patterns(seeds: int) -> tuple[np.ndarray, bool]:
+    """(patterns x seeds) of +-1 and whether they are all 2**seeds of them; row 0 is the observed (all +1)."""
+    if seeds <= EXACT_SEEDS:
+        codes = (np.arange(1 << seeds)[:, None] >> np.arange(seeds)) & 1
+        return (1 - 2 * codes).astype(float), True
+    return np.random.default_rng(RESAMPLE_SEED).choice([-1.0, 1.0], size=(RESAMPLES, seeds)), False
 
 
 def welch_greater(ticket: np.ndarray, full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

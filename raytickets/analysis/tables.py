@@ -25,13 +25,17 @@ rule applied in code, never picked from a plot:
   one std of the full model, `mean >= full_mean - full_std`; strict rule: `mean >= full_mean`;
 * super ticket (Liang et al. 2021): the sparsity > 0 with the best ticket mean, ties going to the sparser
   level (the rule `rows.ticket_row` uses for a trajectory's best round); its gain is `mean - full_mean`.
-  Since it is the best of `levels_tested` levels, its significance is `p_selection`: a paired one-sided
-  t-test over seeds (a ticket and the full model of one seed share head initialisation and data order)
-  at every level, Holm-adjusted over the levels tested, taken at the chosen level. With >= 4 paired seeds,
-  `p_holdout` re-chooses the level on the first half of the seeds (in seed order) and tests it on the
-  other half. `p_welch` (unpaired, unadjusted, the best level tested on the seeds that chose it) is kept
-  for comparison only: with no effect, in simulated sweeps of 10 levels x 3 seeds, it is below 0.05 in
-  about 15% of them, `p_selection` in about 2% (tests/test_stats.py);
+  Since it is the best of `levels_tested` levels, its significance is `p_selection`: an exact sign-flip
+  permutation test over seeds (a ticket and the full model of one seed share head initialisation and data
+  order; `p_paired` at the chosen level, raw) at every level, Holm-adjusted over the levels tested, taken at
+  the chosen level. Its p is at least 2**-n for n paired seeds, so p_selection < 0.05 needs 2**-n < 0.05 / K:
+  at least 8 seeds for K = 10 levels, 9 for K = 16; fewer seeds can never show a super ticket significant.
+  `t_paired` is the paired t statistic of the mean difference, a description only (inf where the seeds'
+  differences are equal). With >= 4 paired seeds, `p_holdout` re-chooses the level on the first half of
+  the seeds (in seed order) and tests it, by the same permutation test, on the other half. `p_welch`
+  (unpaired, unadjusted, the best level tested on the seeds that chose it) is kept for comparison only:
+  with no effect, in simulated sweeps of 10 levels x 10 seeds, it is below 0.05 in up to 22% of them (17%
+  with 3 seeds), `p_selection` in about 3% (never with 3 seeds) (tests/test_stats.py);
 * phase transition: the curve rises above the full-model mean at some sparsity > 0 and falls below it
   at a higher sparsity;
 * `trajectories` at a level: the distinct trials with a row there (fewer at high sparsity: a curve made of
