@@ -266,8 +266,10 @@ def test_alpha_outside_0_1_is_refused():
 
 
 def mtl_cfg(tickets_root, out, data_cfg, **fields) -> MTLConfig:
+    """The tiny tickets of two training steps may or may not beat their full model: the tests of the arms'
+    mechanics train through them whatever they score (`always`); the rules have their own tests."""
     cfg = MTLConfig(**{"tasks": list(TASKS), "tickets": str(tickets_root), "out": str(out), "seeds": [0, 1],
-                       "data": data_cfg, "train": dataclasses.replace(FAST), **fields})
+                       "data": data_cfg, "train": dataclasses.replace(FAST), "ticket_rule": "always", **fields})
     cfg.validate()
     return cfg
 
@@ -327,7 +329,8 @@ def test_the_command_prints_the_table_with_each_tasks_sharing_and_skips_stored_r
     args = ["mtl", "--tickets", str(tickets_root), "--tasks", "sst2,rte", "--seeds", "0,1", "--arms",
             "plain,tickets_share,single,random", "--steps", "2", "--glue-dir", data_cfg.glue_dir,
             "--max-train-examples", "32", "--max-dev-examples", "32", "--max-seq-length", "32", "--batch-size", "8",
-            "--learning-rate", "1e-3", "--out", str(tmp_path / "out"), f"data.cache_dir={data_cfg.cache_dir}"]
+            "--learning-rate", "1e-3", "--out", str(tmp_path / "out"), f"data.cache_dir={data_cfg.cache_dir}",
+            "--ticket-rule", "always"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "super tickets (analysis rule" in out and "multi-task results" in out
@@ -369,6 +372,7 @@ def test_the_command_prints_the_table_with_each_tasks_sharing_and_skips_stored_r
     ({"data.max_dev_examples": 16}, ConfigError, "data.max_dev_examples: 16, but sst2's tickets were scored with"),
     ({"train.seed": 3}, ConfigError, "train.seed: 3; multi-task runs take their seeds from `seeds`"),
     ({"trian.max_steps": 3}, ConfigError, "trian: unknown key; allowed: tasks, tickets"),
+    ({"ticket_rule": "sometimes"}, ConfigError, "ticket_rule: unknown rule 'sometimes'; allowed: super, significant, always"),
 ])
 def test_bad_input_is_one_line_before_any_training(tickets_root, data_cfg, tmp_path, fields, error, message):
     base = {"tasks": list(TASKS), "tickets": str(tickets_root), "out": str(tmp_path / "out"), "seeds": [0, 1],
@@ -426,6 +430,141 @@ def test_a_task_with_several_curves_needs_a_choice_and_the_model_must_be_the_tic
         plan(cfg(["rte"], setting_id=layer, model="minilm"))
     assert main(["--tickets", str(mixed_root), "--tasks", "sst2", "--out", str(tmp_path), "--sweep"]) == 2
     assert "error: --sweep: the config has no sweep section" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- tasks without a super ticket
+
+
+def planted_root(src: Path, dst: Path, gains: dict[str, list[float]]) -> Path:
+    """A copy of the tickets root `src` (real tickets and masks, seeds 0 and 1) in which each task's ticket of
+    seed i scores its full model's value of that seed plus gains[task][i]: a super ticket, or none, planted.
+    Seeds past 1 are copies of seed i % 2's rows (trajectory and masks) under their own trial."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    store = ResultsStore(dst)
+    rounds = store.rounds()
+    n = len(next(iter(gains.values())))
+    copies = [rounds[rounds["seed"] == s % 2].assign(seed=s, trial=lambda f, s=s: f["trial"] + f"-planted{s}",
+                                                     run_id=lambda f, s=s: f["run_id"] + f"-planted{s}")
+              for s in range(2, n)]
+    rounds = pd.concat([rounds, *copies], ignore_index=True)
+    full = rounds[rounds["kind"] == "full"].set_index(["task", "seed"])["metric"]
+    rows = []
+    for r in rounds[(rounds["kind"] == "ticket") | (rounds["seed"] >= 2)].to_dict("records"):
+        r = {k: None if not isinstance(v, str) and pd.isna(v) else v for k, v in r.items()}
+        if r["kind"] == "ticket":
+            r.update(metric=float(full[(r["task"], r["seed"])]) + gains[r["task"]][r["seed"]], failed=False)
+        rows.append(r)
+    store.write_rounds(rows)  # seeds 0 and 1: the same keys, replacing the trained values
+    return dst
+
+
+@pytest.fixture(scope="module")
+def no_super_root(tmp_path_factory, tickets_root) -> Path:
+    """SST-2's ticket beats its full model in both seeds; RTE's only level is below it in both."""
+    return planted_root(tickets_root, tmp_path_factory.mktemp("planted") / "tickets",
+                        {"sst2": [0.10, 0.12], "rte": [-0.10, -0.12]})
+
+
+def dense_tasks(p) -> dict[str, bool]:
+    return p.chosen.groupby("task")["dense"].first().to_dict()
+
+
+def test_a_task_whose_every_level_is_below_its_full_model_trains_dense_unless_the_rule_is_always(
+        no_super_root, tiny_model_dir, data_cfg, tmp_path):
+    """Liang et al. give a task without a super ticket no mask (construct_mtl_mask.py: MNLI and CoLA at 0 heads,
+    0 FFN units). Under `super`, the default, RTE trains dense in tickets_share and in random (a random ticket
+    removing nothing is the dense model), its rows name no mask, and the plan and the table say so; under
+    `always` it trains through its best level, below the full model as it is (the behaviour before)."""
+    import re
+
+    from raytickets.analysis.multitask import format_table
+    from raytickets.analysis.tables import conform
+    from raytickets.mtl.cli import describe
+    from raytickets.mtl.experiment import arm_masks
+
+    assert MTLConfig().ticket_rule == "super"
+    cfg = mtl_cfg(no_super_root, tmp_path / "out", data_cfg, seeds=[0], arms=["plain", "tickets_share", "random"],
+                  ticket_rule="super")
+    p = plan(cfg)
+    assert dense_tasks(p) == {"sst2": False, "rte": True}
+    text = describe(p)
+    assert re.search(r"\n  rte +dense \(no super ticket: best level 0\.\d{4} \(structured setting \w{8}\) accuracy "
+                     r"[\d.]+ below full [\d.]+\)", text), text
+    assert re.search(r"\n  sst2 +structured setting \w{8} sparsity 0\.\d{4}", text), text
+    config, tickets = tiny_model(tiny_model_dir).config, ResultsStore(no_super_root)
+    sst2 = p.ticket("sst2", 0)
+    for arm in ("tickets_share", "random"):
+        masks = arm_masks(p, arm, 0, tickets, config)
+        assert masks["rte"] == (None, False) and masks["sst2"][1] and masks["sst2"][0].sparsity() > 0
+
+    run(p)
+    rows = raw_rounds(tmp_path / "out").set_index(["arm", "task"])
+    for arm in ("tickets_share", "random"):
+        assert rows.loc[(arm, "rte"), "sparsity"] == 0 and pd.isna(rows.loc[(arm, "rte"), "mask_id"])
+        assert pd.isna(rows.loc[(arm, "rte"), "source_mask_id"])
+    assert rows.loc[("tickets_share", "sst2"), "mask_id"] == sst2["mask_id"]
+    assert rows.loc[("random", "sst2"), "source_mask_id"] == sst2["mask_id"]
+    assert rows.loc[("random", "sst2"), "sparsity"] == pytest.approx(sst2["sparsity"], abs=0.02)
+    assert plan(cfg).pending() == []  # the dense rows are this plan's: a rerun finds them stored
+
+    table = conform("mtl", mtl_table(ResultsStore(tmp_path / "out").rounds()))
+    dense = table.set_index(["task", "arm"])["dense"]
+    assert dense[("rte", "tickets_share")] and dense[("rte", "random")] and dense[("rte", "plain")]
+    assert not dense[("sst2", "tickets_share")] and not dense[("sst2", "random")]
+    lines = {line.split()[0]: line for line in format_table(table).splitlines()[2:]}
+    assert lines["rte"].count("(dense)") == 2 and "(dense)" not in lines["sst2"] + lines["average"]
+
+    always = plan(dataclasses.replace(cfg, ticket_rule="always"))
+    assert dense_tasks(always) == {"sst2": False, "rte": False} and always.setting_id != p.setting_id
+    rte = always.ticket("rte", 0)
+    assert rte["best_mean"] < rte["full_mean"]
+    mask, structured = arm_masks(always, "tickets_share", 0, tickets, config)["rte"]
+    assert structured and mask.mask_id == rte["mask_id"] and "dense" not in describe(always)
+
+
+def test_the_significant_rule_trains_through_a_ticket_only_where_the_selection_test_rejects(tickets_root, data_cfg,
+                                                                                             tmp_path):
+    """Planted on five seeds and one level: SST-2's ticket beats its full model in every seed by about 0.11, RTE's
+    has the better mean but loses in one seed and gains 0.01 in another: both are super tickets, only SST-2's is
+    significant (the analysis' p_selection, whichever paired test it runs: sign flip 1/32 and 3/32, t-test 5e-5
+    and 0.06). A task trains through its ticket exactly where that p is below 0.05, here and with two seeds."""
+    from raytickets.analysis.tables import best_tickets
+    from raytickets.mtl.cli import describe
+
+    root = planted_root(tickets_root, tmp_path / "tickets", {"sst2": [0.10, 0.12, 0.11, 0.09, 0.13],
+                                                            "rte": [0.01, 0.20, -0.02, 0.15, 0.05]})
+    best = {b["task"]: b for b in best_tickets(root)}
+    assert best["sst2"]["p_selection"] < 0.05 <= best["rte"]["p_selection"] and best["rte"]["gain"] > 0
+    rule = lambda name, seeds=(0, 1): plan(mtl_cfg(root, tmp_path / "out", data_cfg, ticket_rule=name,  # noqa: E731
+                                                   seeds=list(seeds)))
+    significant = rule("significant", range(5))
+    assert dense_tasks(significant) == {"sst2": False, "rte": True}
+    assert dense_tasks(rule("super")) == dense_tasks(rule("always")) == {"sst2": False, "rte": False}
+    text = describe(significant)
+    assert "rte    dense (no significant super ticket: best level" in text
+    assert f"p_selection {best['rte']['p_selection']:.3g} (needs < 0.05)" in text
+
+    two_seeds = planted_root(tickets_root, tmp_path / "two", {"sst2": [0.10, 0.12], "rte": [0.01, 0.20]})
+    expected = {b["task"]: not b["p_selection"] < 0.05 for b in best_tickets(two_seeds)}
+    assert dense_tasks(plan(mtl_cfg(two_seeds, tmp_path / "out", data_cfg, ticket_rule="significant"))) == expected
+
+
+def test_the_rules_at_their_edges():
+    """`super` wants the full model beaten (a tie is no super ticket) and a full model to compare with;
+    `significant` reads a missing p (one seed) as not significant; `always` takes any level."""
+    from raytickets.mtl.tickets import has_ticket
+
+    level = {"task": "rte", "setting_id": "abcdef123", "mean": 0.7, "full_mean": 0.7, "p_selection": math.nan}
+    assert not has_ticket(level, "super") and not has_ticket(level, "significant") and has_ticket(level, "always")
+    assert has_ticket({**level, "mean": 0.7001}, "super")
+    assert has_ticket({**level, "p_selection": 0.049}, "significant") and not has_ticket({**level, "p_selection": 0.05}, "significant")
+    with pytest.raises(ResultsError, match=r"^ticket_rule: super compares with the full model, but rte's curve abcdef12 "
+                                           r"has no full-model rows; use ticket_rule=always$"):
+        has_ticket({**level, "full_mean": math.nan}, "super")
+    with pytest.raises(ConfigError, match=r"^ticket_rule: unknown rule 'best'; allowed: super, significant, always$"):
+        has_ticket(level, "best")
 
 
 # ------------------------------------------------------------------------------- tables and figure
@@ -530,6 +669,7 @@ def test_the_liang2021_config_validates_and_states_how_it_runs():
     assert cfg.tickets_root().endswith("results") and cfg.sweep.search.scheduler == "none"
     text = path.read_text()
     assert "raytickets mtl --config configs/liang2021-mtl.yaml --sweep" in text and "82.4" in text and "83.3" in text
+    assert cfg.ticket_rule == "super" and "construct_mtl_mask.py" in text
     paper = load_mtl_config(path, ["model=bert-base", "sweep.ticket.model=bert-base"])
     assert paper.model == "bert-base"
     with pytest.raises(ConfigError, match=r"^alhpa: unknown key"):
@@ -651,7 +791,7 @@ def mtl_sweep_config(tmp_path: Path, tickets_root: Path, data_cfg: DataConfig, *
     import yaml
 
     section = {"tasks": list(TASKS), "tickets": str(tickets_root), "out": str(tmp_path / "out"), "seeds": [0],
-               "arms": ["plain", "tickets_share", "single"], "data": dataclasses.asdict(data_cfg),
+               "arms": ["plain", "tickets_share", "single"], "ticket_rule": "always", "data": dataclasses.asdict(data_cfg),
                "train": {"max_steps": 2, "batch_size": 8, "eval_batch_size": 32, "learning_rate": 1e-3,
                          "warmup_ratio": 0.0}, **mtl}
     cfg = {"name": "t", "storage_path": str(tmp_path / "storage"), "search": {"mode": "mtl", "mtl": section},
@@ -692,6 +832,7 @@ def test_an_mtl_sweep_trains_each_arm_and_seed_as_a_trial_and_never_a_stored_run
     ({"tickets": None}, "search.mtl.tickets: give the results root"),
     ({"tasks": ["sst2", "qqp"]}, "search.mtl.tickets: no super ticket for qqp .*; tasks with one: "),
     ({"alpha": 0}, r"search.mtl.alpha: 0.0 must be in \(0, 1\]"),
+    ({"ticket_rule": "best"}, "search.mtl.ticket_rule: unknown rule 'best'; allowed: super, significant, always$"),
 ])
 def test_an_mtl_sweep_refuses_bad_input_in_one_line_before_ray_starts(tickets_root, data_cfg, tmp_path, capsys, fields,
                                                                       message):
@@ -719,6 +860,7 @@ def test_mtl_tickets_self_is_the_ticket_grid_then_the_mtl_sweep_on_its_results(c
     assert runs.name == f"{tickets.name}-mtl" and runs.search.mode == "mtl" and not runs.search.space
     assert runs.search.mtl["tickets"] == runs.search.mtl["out"] == results_dir(tickets)
     assert runs.work_dir == str(work_dir(tickets))
+    assert runs.search.mtl["ticket_rule"] == "super" and "construct_mtl_mask.py" in Path(config).read_text()
     assert sweep_main(["--config", config, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "space: task={sst2, mrpc, rte, cola}, train.seed={0, 1, 2}" in out

@@ -1,9 +1,10 @@
 """The `raytickets mtl` command: flags (shortcuts for MTL config fields), the run, and what it prints.
 
-It prints the plan (tasks, model, seeds, arms, the super ticket chosen per task), one line per (arm, seed)
-run (stored ones are skipped), and at the end the per-task table: each arm's mean ± std over seeds, each
-arm's paired difference from `plain` with its one-sided p-value, and beside each task's gain the fraction of
-heads / FFN units / weights its ticket shares with the other tasks' (random expectation in parentheses).
+It prints the plan (tasks, model, seeds, arms, the super ticket chosen per task, or that it trains dense), one
+line per (arm, seed) run (stored ones are skipped), and at the end the per-task table: each arm's mean ± std
+over seeds, each arm's paired difference from `plain` with its one-sided p-value, and beside each task's gain
+the fraction of heads / FFN units / weights its ticket shares with the other tasks' (random expectation in
+parentheses).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..errors import ConfigError, one_line
 from ..loader import read_yaml
 from .experiment import ARMS, MTLConfig, Plan, load_mtl_config, plan
 from .run import results, run
+from .tickets import SIGNIFICANCE, TICKET_RULES
 from ..analysis.multitask import format_table
 from ..rows import RoundRow
 
@@ -30,6 +32,8 @@ _FLAGS = [
     ("--steps", "train.max_steps", int, "optimiser steps per run (default: train.epochs sampling cycles)"),
     ("--model", "model", str, "the encoder; must be the tickets' model (default: theirs)"),
     ("--method", "method", str, "which tickets, when the root holds several methods"),
+    ("--ticket-rule", "ticket_rule", str, "when a task trains through its best level's ticket, else dense: "
+                                          + "; ".join(f"{k}: {v}" for k, v in TICKET_RULES.items())),
     ("--setting", "setting_id", str, "which tickets (setting_id prefix), when a task has several curves; per task: "
                                      "task_settings.TASK=PREFIX"),
     ("--glue-dir", "data.glue_dir", str, "directory in the original GLUE TSV layout"),
@@ -95,18 +99,32 @@ def cmd_mtl(args) -> int:
 
 
 def describe(p: Plan) -> str:
-    """The plan in words: tasks, model, seeds, arms, sampling, steps, and each task's chosen super ticket."""
+    """The plan in words: tasks, model, seeds, arms, sampling, steps, and each task's chosen super ticket —
+    or, where the rule finds none, that the masked arms train it dense and why."""
     cfg = p.cfg
     steps = f"{cfg.train.max_steps} steps" if cfg.train.max_steps else f"{cfg.train.epochs:g} sampling cycles"
     lines = [f"raytickets mtl: {len(cfg.tasks)} tasks ({', '.join(cfg.tasks)}), model {cfg.model}, seeds "
              f"{', '.join(map(str, cfg.seeds))}, arms {', '.join(cfg.arms)}; alpha {cfg.alpha:g}, {steps} per run, "
              f"{cfg.workers or 'no'} Ray worker(s)",
-             f"super tickets (analysis rule: best mean over seeds, ties to the sparser level) from {cfg.tickets_root()}:"]
+             f"super tickets (analysis rule: best mean over seeds, ties to the sparser level; ticket_rule "
+             f"{cfg.ticket_rule}: {TICKET_RULES[cfg.ticket_rule]}) from {cfg.tickets_root()}:"]
     for r in p.chosen.drop_duplicates("task").to_dict("records"):
+        if r["dense"]:
+            lines.append(f"  {r['task']:6s} dense ({_why_dense(r, cfg.ticket_rule)})")
+            continue
         mean = p.chosen[p.chosen["task"] == r["task"]]["metric"].mean()
         lines.append(f"  {r['task']:6s} {r['method']} setting {str(r['setting_id'])[:8]} sparsity {r['level']:.4f} "
-                     f"{r['metric_name']} {mean:.4f} (single-task, these seeds)")
+                     f"{r['metric_name']} {mean:.4f} (single-task, these seeds; full model {r['full_mean']:.4f})")
     return "\n".join(lines)
+
+
+def _why_dense(r: dict, rule: str) -> str:
+    best = (f"best level {r['level']:.4f} ({r['method']} setting {str(r['setting_id'])[:8]}) {r['metric_name']} "
+            f"{r['best_mean']:.4f}")
+    if rule == "super":
+        return f"no super ticket: {best} {'below' if r['best_mean'] < r['full_mean'] else 'not above'} full {r['full_mean']:.4f}"
+    p_text = "n/a (fewer than 2 paired seeds)" if r["p_selection"] != r["p_selection"] else f"{r['p_selection']:.3g}"
+    return f"no significant super ticket: {best}, full {r['full_mean']:.4f}, p_selection {p_text} (needs < {SIGNIFICANCE:g})"
 
 
 def _run_sweep(cfg: MTLConfig, address: str | None, temp_dir: str | None) -> None:

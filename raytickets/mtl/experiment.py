@@ -2,12 +2,15 @@
 
 Every task's super ticket is read from a results root of single-task trajectories, chosen by the analysis'
 rule (`analysis.best_tickets`: the level with the best mean over seeds, ties to the sparser one), and mapped
-to its per-seed masks. Arms (`ARMS`), with the same data, seeds and steps for those that train:
+to its per-seed masks. A task whose best level is no super ticket under `ticket_rule` (`tickets.TICKET_RULES`;
+default: it must beat the full model, as Liang et al.) trains dense in the arms that mask. Arms (`ARMS`), with
+the same data, seeds and steps for those that train:
 
 * `plain` — one shared encoder and a head per task, no masks (MT-DNN);
-* `tickets_share` — the same, each task's batches through its own ticket (`mtl_model`);
+* `tickets_share` — the same, each task's batches through its own ticket (`mtl_model`), or dense without one;
 * `single` — not trained: the single-task tickets' own fine-tuned results for the same seeds;
-* `random` — random tickets at each task's sparsity (structured: as many random heads and FFN units).
+* `random` — random tickets at each task's sparsity (structured: as many random heads and FFN units); dense
+  where tickets_share is (a random ticket that removes nothing is the dense model).
 
 One row per (arm, task, seed) lands in `rounds` (kind "mtl", round 0). Its key (trial, round, kind, task,
 arm) holds the experiment's `setting_id` and the seed in `trial`, so a rerun finds the (arm, seed) runs
@@ -33,7 +36,7 @@ from ..errors import ConfigError, ResultsError
 from ..loader import apply_overrides, build, read_yaml, to_dict
 from .data import check_alpha
 from ..analysis.multitask import chosen_from_rows, mtl_figure, mtl_table, sharing_table  # noqa: F401  (the public names)
-from .tickets import check_dev_rows, super_ticket_masks
+from .tickets import check_dev_rows, check_ticket_rule, super_ticket_masks
 from ..rows import RoundRow
 from ..runs import digest
 from ..store import ResultsStore
@@ -73,6 +76,9 @@ class MTLConfig:
     method: str | None = None  # which tickets, when the root holds several methods for a task
     setting_id: str | None = None  # which tickets (a setting_id or its prefix), when a task has several curves
     task_settings: dict[str, str] = field(default_factory=dict)  # the same per task: {mrpc: b6af9948}
+    # super | significant | always (tickets.TICKET_RULES): when a task trains through its best level's ticket
+    # rather than dense; super is Liang et al.'s (construct_mtl_mask.py: a task without one gets no mask)
+    ticket_rule: str = "super"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)  # max_steps (or epochs of sampling cycles) per run
     workers: int = 0  # Ray Train workers (DDP); 0 = this process
@@ -95,6 +101,7 @@ class MTLConfig:
         if not self.seeds or not self.arms:
             raise ConfigError(f"{'seeds' if not self.seeds else 'arms'}: empty; give at least one")
         check_alpha(self.alpha)
+        check_ticket_rule(self.ticket_rule)
         if self.tickets is None and self.sweep is None:
             raise ConfigError("tickets: null and no sweep section; give the results root of the single-task tickets")
         if self.out is None:
@@ -157,24 +164,35 @@ class Plan:
         rows = self.chosen[(self.chosen["task"] == task) & (self.chosen["seed"] == seed)]
         return rows.iloc[0].to_dict()
 
+    def dense(self, task: str) -> bool:
+        """Whether `task` has no super ticket under the rule, so the masked arms train it dense."""
+        return bool(self.chosen.loc[self.chosen["task"] == task, "dense"].iloc[0])
+
+    def mask_id(self, task: str, seed: int) -> str | None:
+        """The mask tickets_share trains `task` under for `seed` (None: dense)."""
+        return None if self.dense(task) else self.ticket(task, seed)["mask_id"]
+
     def pending(self) -> list[tuple[str, int]]:
         return [(arm, seed) for seed in self.cfg.seeds for arm in self.cfg.arms if (arm, seed) not in self.done]
 
 
 def mtl_setting(cfg: MTLConfig, chosen: pd.DataFrame) -> dict:
     """What makes one experiment: model, tasks, sampling, data and training, and which tickets (per task the
-    curve and level) — not the seeds, arms, paths or where it runs."""
+    curve and level, and `dense` where the task trains without one) — not the seeds, arms, paths, the rule's
+    name (two rules with the same outcome are one experiment) or where it runs."""
     from ..runs import NOT_IN_ID
 
     d = to_dict(cfg)
     for name in ("tickets", "out", "seeds", "arms", "workers", "cpus_per_worker", "sweep", "method", "setting_id",
-                 "task_settings"):
+                 "task_settings", "ticket_rule"):
         d.pop(name)
     for section, key in (*NOT_IN_ID, ("train", "seed")):
         d[section].pop(key, None)
     d["tasks"] = sorted(cfg.tasks)
     first = chosen.drop_duplicates("task")
-    d["tickets"] = {r["task"]: {"method": r["method"], "setting_id": r["setting_id"], "level": float(r["level"])}
+    # `dense` only where true: an experiment whose tasks all train through their tickets keeps its earlier id
+    d["tickets"] = {r["task"]: {"method": r["method"], "setting_id": r["setting_id"], "level": float(r["level"]),
+                                **({"dense": True} if r["dense"] else {})}
                     for r in first.sort_values("task").to_dict("records")}
     return d
 
@@ -183,7 +201,8 @@ def plan(cfg: MTLConfig) -> Plan:
     """Everything decided before training: the tickets (with every bad-input check), the experiment's id,
     the runs already stored. Raises ConfigError / ResultsError in one line."""
     tickets = ResultsStore(cfg.tickets_root())
-    chosen = super_ticket_masks(tickets, cfg.tasks, cfg.seeds, cfg.method, cfg.setting_id, cfg.task_settings)
+    chosen = super_ticket_masks(tickets, cfg.tasks, cfg.seeds, cfg.method, cfg.setting_id, cfg.task_settings,
+                                cfg.ticket_rule)
     model = chosen["model"].iloc[0]
     if cfg.model is not None and cfg.model != model:
         raise ConfigError(f"model: {cfg.model!r}, but the tickets in {tickets.root} are of {model!r}")
@@ -237,8 +256,12 @@ def stored_runs(store: ResultsStore, plan: Plan) -> set[tuple[str, int]]:
         if set(g["task"]) >= set(plan.cfg.tasks) and int(seed) in plan.cfg.seeds:
             if arm in ("tickets_share", "single"):
                 for r in g.to_dict("records"):
-                    want = plan.ticket(r["task"], int(seed))["mask_id"]
-                    if r["task"] in plan.cfg.tasks and r["mask_id"] != want:
+                    if r["task"] not in plan.cfg.tasks:
+                        continue
+                    single = arm == "single"  # single reads the ticket's own row, dense or not
+                    want = plan.ticket(r["task"], int(seed))["mask_id"] if single else plan.mask_id(r["task"], int(seed))
+                    have = None if pd.isna(r["mask_id"]) else r["mask_id"]
+                    if have != want:
                         raise ConfigError(f"out: {store.root} holds {arm} rows of seed {seed} trained under mask "
                                           f"{r['mask_id']} for {r['task']}, but the tickets now give {want}; use another out")
             done.add((arm, int(seed)))
@@ -253,13 +276,15 @@ def _now() -> datetime:
 
 
 def arm_masks(plan: Plan, arm: str, seed: int, store: ResultsStore, encoder_config) -> dict[str, Any]:
-    """Per task: (the Mask an arm trains under, None for dense; whether it is a structured ticket). The random
-    arm's mask is drawn from (seed, task) alone, so every rank and every rerun draws the same one."""
+    """Per task: (the Mask an arm trains under, None for dense; whether it is a structured ticket). A task
+    without a super ticket (`plan.dense`) is dense in tickets_share and random alike: the random arm controls
+    for *which* units a ticket keeps at its size, and at size zero there is nothing to draw. The random arm's
+    mask is drawn from (seed, task) alone, so every rank and every rerun draws the same one."""
     from .model import random_ticket
 
     out = {}
     for task in sorted(plan.cfg.tasks):
-        if arm == "plain":
+        if arm == "plain" or plan.dense(task):
             out[task] = (None, False)
             continue
         t = plan.ticket(task, seed)
@@ -287,7 +312,7 @@ def train_arm(plan: Plan, arm: str, seed: int, device="cpu") -> tuple[list[Round
     rows = []
     for task in cfg.tasks:
         ticket = model.tickets[task]
-        source = plan.ticket(task, seed)["mask_id"] if arm == "random" else None
+        source = plan.mask_id(task, seed) if arm == "random" else None
         rows.append(_row(plan, arm, task, seed, res.metrics[task], res.chance[task], res.diverged(task),
                          ticket.sparsity, ticket.mask_id, res.steps, res.seconds, started, source))
     return rows, {t: m for t, (m, _) in masks.items() if m is not None}

@@ -46,7 +46,8 @@ def record_read_arms(p: Plan, on_run: Callable[[str, int, list[RoundRow], bool],
 
 
 def results(p: Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(mtl_table of this experiment, sharing_table of its tickets)."""
+    """(mtl_table of this experiment, sharing_table of the tickets its tasks train through — a dense task shares
+    no ticket, as `chosen_from_rows` sees it in the stored rows)."""
     table = mtl_table(ResultsStore(p.cfg.out).rounds())
     table = table[table["setting_id"] == p.setting_id].reset_index(drop=True)
-    return table, sharing_table(ResultsStore(p.cfg.tickets_root()), p.chosen)
+    return table, sharing_table(ResultsStore(p.cfg.tickets_root()), p.chosen[~p.chosen["dense"]])

@@ -1,5 +1,6 @@
 """Which tickets the tasks share: each task's super ticket in a results root of single-task trajectories, by
-the analysis' rule (`analysis.best_tickets`), mapped to one mask per seed — and every way that can fail.
+the analysis' rule (`analysis.best_tickets`), mapped to one mask per seed — and every way that can fail — and
+whether the task trains through it at all (`TICKET_RULES`) or, lacking a super ticket, dense.
 """
 
 from __future__ import annotations
@@ -13,17 +14,51 @@ from ..tasks import GLUE
 from ..errors import ConfigError, ResultsError
 from ..store import ResultsStore
 
+# When a task trains through its best level's ticket rather than dense (`MTLConfig.ticket_rule`). The best
+# pruned level always exists; it is a *super* ticket only if it beats the full model. Liang et al. train a task
+# without one dense: super-structured-lottery-tickets/construct_mtl_mask.py, lines 25-26 and 33-34 (0 heads /
+# 0 FFN: an empty mask) with lines 66-73 (mnli and cola at (0, 0) for BERT-base); their README ("Multi-task
+# Learning", step 1) picks "the winning tickets that perform the best among all sparsity levels".
+SIGNIFICANCE = 0.05
+TICKET_RULES = {
+    "super": "the best level's mean over seeds beats the full model's mean (Liang et al.'s)",
+    # the selection test's p has a floor over n seeds (analysis.stats.paired_greater): with few seeds, none passes
+    "significant": f"the analysis' selection test: p_selection < {SIGNIFICANCE:g} (Holm over the levels)",
+    "always": "the best level's ticket, even below the full model",
+}
+
+
+def check_ticket_rule(rule: str, field: str = "ticket_rule") -> None:
+    if rule not in TICKET_RULES:
+        raise ConfigError(f"{field}: unknown rule {rule!r}; allowed: {', '.join(TICKET_RULES)}")
+
+
+def has_ticket(best: Mapping, rule: str) -> bool:
+    """Whether a curve's best level (`analysis.best_tickets` row: mean, full_mean, p_selection) is a ticket to
+    train through under `rule`; False: the task trains dense. A p_selection of NaN (fewer than two paired seeds)
+    is not significant. ResultsError when `super` has no full model to compare with."""
+    check_ticket_rule(rule)
+    if rule == "always":
+        return True
+    if rule == "super":
+        if pd.isna(best["full_mean"]):
+            raise ResultsError(f"ticket_rule: super compares with the full model, but {best['task']}'s curve "
+                               f"{str(best['setting_id'])[:8]} has no full-model rows; use ticket_rule=always")
+        return bool(best["mean"] > best["full_mean"])
+    return bool(not pd.isna(best["p_selection"]) and best["p_selection"] < SIGNIFICANCE)
 
 
 def super_ticket_masks(store: ResultsStore, tasks: Sequence[str], seeds: Sequence[int], method: str | None = None,
-                       setting_id: str | None = None, task_settings: Mapping[str, str] | None = None) -> pd.DataFrame:
+                       setting_id: str | None = None, task_settings: Mapping[str, str] | None = None,
+                       rule: str = "always") -> pd.DataFrame:
     """Each task's super ticket (`analysis.best_tickets`) as one row per seed: its ticket row of that seed
     (model, method, task, setting_id, seed, mask_id, sparsity, metric_name, metric — at chance where it
     collapsed —, metric columns, full_metric, training_steps, settings, ...) plus `level`, the chosen
-    sparsity level. `method` and `setting_id` (or its prefix; per task: `task_settings`) narrow the candidates
-    — a root that grew over several settings holds several curves per task. ResultsError or
-    ConfigError, naming what is there, when a task or a seed has no ticket, when a task has several
-    candidate curves, or when the tickets come from different models."""
+    sparsity level, and the curve's `best_mean`, `full_mean`, `p_selection` and `dense`: True where `rule`
+    (`TICKET_RULES`) finds no super ticket, so the task trains without a mask. `method` and `setting_id` (or
+    its prefix; per task: `task_settings`) narrow the candidates — a root that grew over several settings
+    holds several curves per task. ResultsError or ConfigError, naming what is there, when a task or a seed
+    has no ticket, when a task has several candidate curves, or when the tickets come from different models."""
     from ..analysis.tables import best_tickets
     from ..analysis.curves import SPARSITY_DECIMALS, scored
 
@@ -62,8 +97,10 @@ def super_ticket_masks(store: ResultsStore, tasks: Sequence[str], seeds: Sequenc
             raise ResultsError(f"seeds: {t}'s super ticket (sparsity {b['sparsity']:.4f}, setting "
                                f"{str(b['setting_id'])[:8]}) has seeds {sorted(mine['seed'].tolist())} in {store.root}; "
                                f"no ticket for seed {', '.join(map(str, absent))}")
-        out.append(mine[mine["seed"].isin(seeds)].assign(sparsity=rounds.loc[mine.index, "sparsity"].astype(float),
-                                                         level=round(b["sparsity"], SPARSITY_DECIMALS)))
+        out.append(mine[mine["seed"].isin(seeds)].assign(
+            sparsity=rounds.loc[mine.index, "sparsity"].astype(float), level=round(b["sparsity"], SPARSITY_DECIMALS),
+            best_mean=float(b["mean"]), full_mean=float(b["full_mean"]), p_selection=float(b["p_selection"]),
+            dense=not has_ticket(b, rule)))
     return pd.concat(out, ignore_index=True)
 
 
