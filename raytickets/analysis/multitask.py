@@ -19,7 +19,7 @@ from ..tasks import TASKS
 
 AVERAGE = "average"  # the task-average row (GLUE's score: the mean of each task's main metric)
 TABLE_COLUMNS = ["setting_id", "task", "metric_name", "arm", "mean", "std", "seeds", "failed_seeds", "sparsity",
-                 "diff_vs_plain", "p_vs_plain", "paired_seeds"]
+                 "diff_vs_plain", "p_vs_plain", "paired_seeds", "dense"]
 SHARING_COLUMNS = ["model", "method", "task_a", "task_b", "unit", "shared", "random", "ratio", "seed_pairs"]
 # overlap.aggregate_counts' (scope, group) of each unit counted over the whole encoder.
 _UNITS = {("overall", "all"): "weight", ("head", "all"): "head", ("ffn", "all"): "ffn"}
@@ -51,7 +51,8 @@ def seed_values(rounds: pd.DataFrame) -> pd.DataFrame:
 
 def mtl_table(rounds: pd.DataFrame) -> pd.DataFrame:
     """Per experiment (setting_id), task and the task average, and arm: mean and sample std over seeds,
-    failed seeds, mean sparsity, and the paired difference from `plain` over the seeds both have, with its
+    failed seeds, mean sparsity, `dense` (every seed ran without a mask: plain, or a task without a super ticket
+    under the experiment's ticket_rule), and the paired difference from `plain` over the seeds both have, with its
     one-sided p-value (that the arm beats `plain`; NaN under two paired seeds): the exact sign-flip permutation
     test over seeds (`stats.paired_greater`), Holm-adjusted over the tasks (the average included) x arms of
     the experiment, so that no row of its table is below 0.05 by chance more than 5% of the time."""
@@ -74,7 +75,7 @@ def mtl_table(rounds: pd.DataFrame) -> pd.DataFrame:
                          "mean": float(metric.mean()), "std": float(metric.std(ddof=1)) if len(metric) > 1 else math.nan,
                          "seeds": int(g["seed"].nunique()), "failed_seeds": int(g["failed"].sum()),
                          "sparsity": float(g["sparsity"].mean()), "diff_vs_plain": diff, "p_vs_plain": p,
-                         "paired_seeds": paired})
+                         "paired_seeds": paired, "dense": bool((g["sparsity"] == 0).all())})
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     if table.empty:
         return table
@@ -123,7 +124,8 @@ def task_sharing(sharing: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_table(table: pd.DataFrame, sharing: pd.DataFrame | None = None, setting_id: str | None = None) -> str:
-    """The per-task table as text: each arm's mean ± std, each arm's paired difference from `plain` (p), and
+    """The per-task table as text: each arm's mean ± std ("dense" beside a masked arm's that trained the task
+    without a mask: no super ticket), each arm's paired difference from `plain` (p), and
     beside each task's gain the fraction of heads / FFN units / weights its ticket shares with the others'
     (random expectation in parentheses)."""
     if setting_id is not None:
@@ -141,7 +143,8 @@ def format_table(table: pd.DataFrame, sharing: pd.DataFrame | None = None, setti
     for task, g in table.groupby("task", sort=False):
         at = g.set_index("arm")
         cells = [task, str(at["metric_name"].iloc[0])]
-        cells += [_mean_std(at.loc[a]) if a in at.index else "—" for a in arms]
+        cells += [_mean_std(at.loc[a]) + (" (dense)" if a != "plain" and task != AVERAGE and at.loc[a].get("dense", False)
+                                          else "") if a in at.index else "—" for a in arms]
         cells += [f"{at.loc[a, 'diff_vs_plain']:+.4f} ({_p(at.loc[a, 'p_vs_plain'])})" if a in at.index else "—" for a in others]
         mine = per_task[per_task["task"] == task].set_index("unit")
         cells += [f"{mine.loc[u, 'shared']:.3f} ({mine.loc[u, 'random']:.3f})" if u in mine.index else "—" for u in units]

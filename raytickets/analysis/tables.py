@@ -114,6 +114,7 @@ ANALYSIS_SCHEMAS: dict[str, pa.Schema] = {
     "mtl": _schema(
         ("setting_id", _S), ("task", _S), ("metric_name", _S), ("arm", _S), ("mean", _F), ("std", _F), ("seeds", _I),
         ("failed_seeds", _I), ("sparsity", _F), ("diff_vs_plain", _F), ("p_vs_plain", _F), ("paired_seeds", _I),
+        ("dense", _B),  # the arm trained the task without a mask (plain; a task without a super ticket)
     ),
     "mtl_sharing": _schema(
         ("model", _S), ("method", _S), ("task_a", _S), ("task_b", _S), ("unit", _S), ("shared", _F), ("random", _F),
