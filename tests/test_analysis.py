@@ -534,3 +534,102 @@ def test_an_mlm_ticket_without_a_pooler_is_compared_with_a_glue_ticket_on_the_en
         _check_layout(store, mlm, Mask({q: torch.ones(2, 3)}), "a", "b")
     with pytest.raises(ResultsError, match="shapes disagree"):
         _check_layout(store, mlm, Mask({"pooler.dense.weight": torch.ones(2, 2)}), "a", "b")
+
+
+# ---------------------------------------------------------------- chance: a full model that learned nothing
+
+
+def dev_setting(max_dev_examples: int | None) -> tuple[str, str]:
+    """(setting_id, settings JSON) of a run scored on a dev subsample of `max_dev_examples`."""
+    settings = {"model": "tiny", "data": {"max_dev_examples": max_dev_examples}, "prune": {"rewind_step": 0}}
+    text = json.dumps(settings, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16], text
+
+
+def at_chance_root(root) -> None:
+    """The README smoke run's outcome: RTE's full model 0.48 on 200 dev examples whose majority class is 0.505,
+    and a ticket 0.05 above it; SST-2 learned (0.80 against 0.51). Plus sst2 -> rte and rte -> sst2 transfers."""
+    sid = dev_setting(200)
+    rows = curve_rows("rte", sid, [0.48, 0.48, 0.48], {0.3: [0.53, 0.53, 0.53], 0.51: [0.50, 0.51, 0.49]},
+                      chance_metric=0.505)
+    rows += curve_rows("sst2", sid, [0.80, 0.81, 0.79], {0.3: [0.82, 0.83, 0.81], 0.51: [0.78, 0.77, 0.79]},
+                       chance_metric=0.51)
+    rows += [row("rte", "transfer", 0.3, s, 0.55, source_task="sst2", trial=f"t-rte-{s}", setting_id=sid[0],
+                 settings=sid[1], chance_metric=0.505) for s in range(3)]
+    rows += [row("sst2", "transfer", 0.3, s, 0.82, source_task="rte", trial=f"t-sst2-{s}", setting_id=sid[0],
+                 settings=sid[1], chance_metric=0.51) for s in range(3)]
+    ResultsStore(root).write_rounds(rows)
+
+
+def test_a_full_model_at_chance_did_not_learn_and_names_no_ticket(tmp_path):
+    at_chance_root(tmp_path)
+    tables = analysis.analyze(tmp_path)
+    rte, sst2 = task_row(tables, "rte"), task_row(tables, "sst2")
+    margin = 2 * math.sqrt(0.505 * 0.495 / 200)  # two binomial standard errors at chance on 200 dev examples
+    assert rte["chance"] == pytest.approx(0.505) and rte["dev_examples"] == 200
+    assert rte["min_above_chance"] == pytest.approx(margin) and not rte["learned"]
+    for column in ("super_sparsity", "gain", "matching_sparsity_paper", "matching_sparsity_strict", "p_selection"):
+        assert math.isnan(rte[column]), column
+    st = tables["super_tickets"]
+    assert not st.loc[st["task"] == "rte", ["is_super", "matches_paper", "matches_strict"]].any().any()
+    assert sst2["learned"] and sst2["super_sparsity"] == 0.3 and sst2["gain"] == pytest.approx(0.02)
+    # no transfer verdict into or out of a task that did not learn
+    t = tables["transfer"].set_index(["source_task", "task"])
+    assert t.loc[("sst2", "rte"), "transfers"] is None and not t.loc[("sst2", "rte"), "learned"]
+    assert t.loc[("rte", "sst2"), "transfers"] is None and t.loc[("rte", "sst2"), "transfers_strict"] is None
+    best = {b["task"]: b for b in analysis.best_tickets(tmp_path)}
+    assert not best["rte"]["learned"] and math.isnan(best["rte"]["sparsity"]) and math.isnan(best["rte"]["gain"])
+    assert best["sst2"]["learned"] and best["sst2"]["sparsity"] == 0.3
+    rows = {r[2]: r for r in analysis.summary_rows(tables)}
+    cell = rows["rte"][analysis.SUMMARY_HEADER.index("matching sparsity (paper / strict)")]
+    assert cell == f"did not learn: full 0.4800 ≤ chance 0.5050 + {margin:.4f}"
+    assert rows["rte"][analysis.SUMMARY_HEADER.index("super ticket sparsity")] == "—"
+    assert rows["rte"][analysis.SUMMARY_HEADER.index("chance (+ margin)")] == f"0.5050 (+ {margin:.4f})"
+    assert "did not learn" in analysis.summary_markdown(tables)
+    assert rows["sst2"][analysis.SUMMARY_HEADER.index("super ticket sparsity")] == "30.0%"
+
+
+def test_above_chance_but_within_the_margin_did_not_learn_unless_the_margin_is_set(tmp_path):
+    # 0.56 beats chance 0.505 by 0.055 < 0.0707 (two standard errors at 200 examples); with the margin set to
+    # 0.05 for every curve it learned, and its 0.61 ticket is a super ticket.
+    sid = dev_setting(200)
+    ResultsStore(tmp_path).write_rounds(curve_rows("rte", sid, [0.56, 0.56], {0.3: [0.61, 0.61]}, chance_metric=0.505))
+    assert not analysis.best_tickets(tmp_path)[0]["learned"]
+    [b] = analysis.best_tickets(tmp_path, min_above_chance=0.05)
+    assert b["learned"] and b["sparsity"] == 0.3 and b["min_above_chance"] == 0.05
+    r = task_row(analysis.analyze(tmp_path, min_above_chance=0.05), "rte")
+    assert r["learned"] and r["super_sparsity"] == 0.3 and r["min_above_chance"] == 0.05
+
+
+def test_the_chance_margin_per_metric_and_dev_size():
+    from raytickets.analysis.curves import chance_margin, dev_examples
+
+    assert chance_margin("accuracy", 0.5, 100) == pytest.approx(0.1)
+    assert chance_margin("f1", 0.81, 408) == pytest.approx(2 * math.sqrt(0.81 * 0.19 / 408))
+    assert chance_margin("matthews", 0.0, 1043) == pytest.approx(2 / math.sqrt(1043))  # the null SE of a correlation
+    assert chance_margin("accuracy", 0.0, None) == 0.0  # masked-token accuracy, chance 0: any learning shows
+    assert math.isnan(chance_margin("accuracy", 0.5, None))
+    assert dev_examples("rte", json.dumps({"data": {"max_dev_examples": 1000}})) == 277  # capped at the split
+    assert dev_examples("sst2", json.dumps({"data": {"max_dev_examples": 200}})) == 200
+    assert dev_examples("mnli", json.dumps({"data": {}})) == 9815 + 9832 and dev_examples("mlm", None) is None
+
+
+def test_a_full_model_with_unknown_chance_is_not_judged(analysed):
+    _, tables = analysed  # rows without chance_metric (older files): every finding stays
+    r = task_row(tables, "sst2")
+    assert r["learned"] and math.isnan(r["chance"]) and r["super_sparsity"] == 0.4
+
+
+def test_the_chance_rule_errs_at_its_stated_rate_in_simulation():
+    """A full model at chance on n dev examples is called learned about 2.3% of the time (one-sided, two
+    standard errors); one 0.15 above chance nearly always, at the smoke config's 200 examples."""
+    from raytickets.analysis.curves import chance_margin, learned
+
+    rng = np.random.default_rng(0)
+    n, c = 200, 0.505
+    margin = chance_margin("accuracy", c, n)
+    at_chance = rng.binomial(n, c, size=20000) / n
+    rate = np.mean([learned(a, c, margin) for a in at_chance])
+    assert 0.01 < rate < 0.04
+    planted = rng.binomial(n, c + 0.15, size=2000) / n
+    assert np.mean([learned(a, c, margin) for a in planted]) > 0.99

@@ -22,6 +22,14 @@ CURVE_KINDS = ("ticket", *BASELINE_KINDS)
 CURVE_KEY = ["model", "method", "task", "setting_id"]
 # A constant predictor's correlation is undefined; its chance value is 0 (as `tasks.chance_metrics` scores it).
 CORRELATIONS = ("pearson", "spearman", "matthews")
+# How far a full model's mean must beat its chance value before anything on its curve is judged (a model that
+# learned nothing has no tickets). None: two standard errors of the metric at chance, at the dev size
+# (`chance_margin`); a number: that margin for every curve (`raytickets analyze --min-above-chance`).
+MIN_ABOVE_CHANCE: float | None = None
+# The public GLUE dev splits' sizes (MNLI: matched + mismatched), for the margin where a run's settings carry no
+# smaller `data.max_dev_examples` (a cap per split). Any other task (mlm) has no size here: see `chance_margin`.
+GLUE_DEV_SIZES = {"cola": 1043, "sst2": 872, "mrpc": 408, "stsb": 1500, "qqp": 40430, "mnli": 9815 + 9832,
+                  "qnli": 5463, "rte": 277, "wnli": 71}
 
 
 def of_curve(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
@@ -110,6 +118,41 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+# ---------------------------------------------------------------- chance
+
+
+def dev_examples(task: str, settings: str | None) -> int | None:
+    """The dev examples a curve was scored on: its `data.max_dev_examples` (per split) capped by the GLUE dev
+    size, or the GLUE dev size; None where neither is known."""
+    cap = (json.loads(settings).get("data") or {}).get("max_dev_examples") if isinstance(settings, str) else None
+    full = GLUE_DEV_SIZES.get(task)
+    if cap is None:
+        return full
+    splits = 2 if task == "mnli" else 1
+    return min(int(cap) * splits, full) if full is not None else int(cap) * splits
+
+
+def chance_margin(metric_name: str, chance: float, n: int | None) -> float:
+    """Two standard errors of the metric of a predictor at chance on `n` dev examples: 2·sqrt(c(1-c)/n) for
+    a rate (accuracy, F1 — F1 treated as one, the usual approximation) and 2/sqrt(n) for a correlation
+    (its standard error under no association; for Matthews, n·MCC² is the χ² of the 2×2 table). Unknown `n`:
+    0 for a chance of 0 (masked-token accuracy, where n is thousands of tokens), else NaN."""
+    if metric_name in CORRELATIONS:
+        return 2 / math.sqrt(n) if n else math.nan
+    c = min(max(float(chance), 0.0), 1.0)
+    if c in (0.0, 1.0):
+        return 0.0
+    return 2 * math.sqrt(c * (1 - c) / n) if n else math.nan
+
+
+def learned(full_mean: float, chance: float, margin: float) -> bool:
+    """Whether a full model beat chance by the margin. An unknown chance (older files) or margin is not judged:
+    True, so their curves keep every finding they had."""
+    if math.isnan(chance) or math.isnan(margin):
+        return True
+    return bool(full_mean > chance + margin)  # NaN full mean: False (nothing learned that can be shown)
+
+
 # ---------------------------------------------------------------- curves and the full model
 
 
@@ -133,10 +176,11 @@ def curves(values: pd.DataFrame, trials: pd.DataFrame, labels: pd.DataFrame) -> 
     return out.merge(labels, on=CURVE_KEY, how="left")
 
 
-def full_model(rounds: pd.DataFrame) -> pd.DataFrame:
+def full_model(rounds: pd.DataFrame, min_above_chance: float | None = MIN_ABOVE_CHANCE) -> pd.DataFrame:
     """Per curve: the full model's value per seed (`full_by_seed`), mean, std (single seed: 0), seeds, failed
     seeds and source: the `kind == "full"` rows, or, lacking them, the `full_metric` column of the other rows
-    (where a collapse cannot be seen: its failed count is 0)."""
+    (where a collapse cannot be seen: its failed count is 0); its chance value (the curve's `chance_metric`, 0
+    for a correlation), the dev examples, the margin (`min_above_chance`, or `chance_margin`) and `learned`."""
     out = []
     for key, group in rounds.groupby(CURVE_KEY, sort=True):
         full_rows = group[group["kind"] == "full"]
@@ -147,15 +191,26 @@ def full_model(rounds: pd.DataFrame) -> pd.DataFrame:
             per_seed = group.dropna(subset=["full_metric"]).groupby("seed")["full_metric"].mean()
             source, failed = "full_metric column", 0
         values = per_seed.to_numpy(dtype=float)
+        full_mean = values.mean() if len(values) else math.nan
+        chance = group["chance_metric"].astype(float).dropna()  # one dev set per curve: every row holds the same
+        metric = group["metric_name"].iloc[0]
+        chance = float(chance.mean()) if len(chance) else 0.0 if metric in CORRELATIONS else math.nan
+        n = dev_examples(key[2], group["settings"].dropna().iloc[0] if group["settings"].notna().any() else None)
+        margin = float(min_above_chance) if min_above_chance is not None else chance_margin(metric, chance, n)
         out.append({
             **dict(zip(CURVE_KEY, key)), "full_by_seed": per_seed.astype(float),
-            "full_source": source if len(values) else "none",
-            "full_mean": values.mean() if len(values) else math.nan,
+            "full_source": source if len(values) else "none", "full_mean": full_mean,
             "full_std": values.std(ddof=1) if len(values) > 1 else 0.0 if len(values) else math.nan,
-            "full_seeds": len(values), "full_failed_seeds": failed,
+            "full_seeds": len(values), "full_failed_seeds": failed, "chance": chance,
+            "dev_examples": n if n is not None else -1, "min_above_chance": margin,
+            "learned": learned(full_mean, chance, margin),
         })
-    columns = [*CURVE_KEY, "full_by_seed", "full_source", "full_mean", "full_std", "full_seeds", "full_failed_seeds"]
+    columns = [*CURVE_KEY, "full_by_seed", "full_source", "full_mean", "full_std", "full_seeds", "full_failed_seeds",
+               *FULL_CHANCE]
     return pd.DataFrame(out, columns=columns)
+
+
+FULL_CHANCE = ("chance", "dev_examples", "min_above_chance", "learned")  # dev_examples -1: unknown
 
 
 # ---------------------------------------------------------------- matching and super tickets
@@ -175,8 +230,12 @@ def super_tickets(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame)
 def _curve_rows(key: tuple, levels: pd.DataFrame, seeds: pd.DataFrame, full: pd.Series | None) -> list[dict]:
     full_mean = float(full["full_mean"]) if full is not None else math.nan
     full_std = float(full["full_std"]) if full is not None else math.nan
-    # The matching rules, once: Chen et al.'s (within one std of the full model) and the strict one.
-    pruned_level = levels.index > 0
+    chance = {k: full[k] for k in FULL_CHANCE} if full is not None else {
+        "chance": math.nan, "dev_examples": -1, "min_above_chance": math.nan, "learned": True}
+    # The matching rules, once: Chen et al.'s (within one std of the full model) and the strict one. A full
+    # model that did not beat chance learned nothing a ticket could match or beat: no level is judged (no
+    # matching level, no super ticket, no phase transition).
+    pruned_level = (levels.index > 0) & bool(chance["learned"])
     levels["matches_paper"] = pruned_level & (levels["mean"] >= full_mean - full_std)
     levels["matches_strict"] = pruned_level & (levels["mean"] >= full_mean)
     pruned = levels[pruned_level]
@@ -187,7 +246,7 @@ def _curve_rows(key: tuple, levels: pd.DataFrame, seeds: pd.DataFrame, full: pd.
         "metric_name": levels["metric_name"].iloc[0], "metric_convention": levels["metric_convention"].iloc[0],
         "full_mean": full_mean, "full_std": full_std, "full_seeds": int(full["full_seeds"]) if full is not None else 0,
         "full_failed_seeds": int(full["full_failed_seeds"]) if full is not None else 0,
-        "full_source": full["full_source"] if full is not None else "none",
+        "full_source": full["full_source"] if full is not None else "none", **chance,
         # an empty index's max() is nan: no level matches
         "matching_sparsity_paper": float(levels.index[levels["matches_paper"]].max()),
         "matching_sparsity_strict": float(levels.index[levels["matches_strict"]].max()),
@@ -260,12 +319,14 @@ def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> p
     the std is 0), strictly when mean(S, T) >= mean(T, T) (`transfers_strict`). A source ticket is
     *universal* at its level when it transfers to every target it was trained on (`universal`,
     `universal_strict`). A random mask at the same sparsity on T (source `random`) is the floor
-    (`random_mean`); its own rows say how it compares.
+    (`random_mean`); its own rows say how it compares. No verdict (`learned` False) where T's full model, or
+    S's of the same setting, did not beat chance (`full_model`): a ticket of a model that learned nothing.
     """
     moved = values[values["kind"] == "transfer"]
     agg = level_stats(moved, ["model", "method", "source_task", "task", "setting_id", "sparsity"])
     own = curve[curve["kind"] == "ticket"]
     full_mean = full.set_index(CURVE_KEY)["full_mean"]
+    learned_by = full.set_index(CURVE_KEY)["learned"]
     random = agg[agg["source_task"] == "random"]
     rows = []
     for r in agg.to_dict("records"):
@@ -276,14 +337,17 @@ def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> p
         own_mean = match["mean"] if match is not None else math.nan
         own_std = (0.0 if match["seeds"] == 1 else match["std"]) if match is not None else math.nan
         fm = float(full_mean.get(key, math.nan))
+        source_key = (r["model"], r["method"], r["source_task"], r["setting_id"])
+        judged = bool(learned_by.get(key, True)) and bool(learned_by.get(source_key, True))
         rows.append({
             **r, "own_setting_id": match["setting_id"] if match is not None else None,
             "ticket_sparsity": match["sparsity"] if match is not None else math.nan, "ticket_mean": own_mean,
             "ticket_std": own_std, "ticket_seeds": int(match["seeds"]) if match is not None else 0,
             "random_mean": float(rnd["mean"].iloc[0]) if len(rnd) else math.nan, "full_mean": fm,
             "vs_ticket": r["mean"] - own_mean, "vs_full": r["mean"] - fm,
-            "transfers": bool(r["mean"] >= own_mean - own_std) if match is not None else None,
-            "transfers_strict": bool(r["mean"] >= own_mean) if match is not None else None,
+            "transfers": bool(r["mean"] >= own_mean - own_std) if match is not None and judged else None,
+            "transfers_strict": bool(r["mean"] >= own_mean) if match is not None and judged else None,
+            "learned": judged,
         })
     out = pd.DataFrame(rows)
     if out.empty:

@@ -38,6 +38,13 @@ rule applied in code, never picked from a plot:
   with 3 seeds), `p_selection` in about 3% (never with 3 seeds) (tests/test_stats.py);
 * phase transition: the curve rises above the full-model mean at some sparsity > 0 and falls below it
   at a higher sparsity;
+* a full model that did not learn: its mean is not above its chance value (`chance_metric`: the majority
+  class for accuracy and F1, 0 for Matthews and correlations) by `min_above_chance` — by default two standard
+  errors of the metric at chance on the curve's dev examples (2·sqrt(c(1-c)/n); 2/sqrt(n) for a correlation;
+  `curves.chance_margin`), else the number `analyze(min_above_chance=)` / `raytickets analyze
+  --min-above-chance` sets for every curve. Such a curve (`learned` false) has no matching sparsity, no
+  super ticket, no phase transition and no transfer verdict; the summary says "did not learn". A curve
+  whose chance value is unknown (older files without `chance_metric`) is not judged;
 * `trajectories` at a level: the distinct trials with a row there (fewer at high sparsity: a curve made of
   the survivors of early stopping);
 * layer collapse: the chosen ticket holds a tensor `Mask.collapsed()` lists (more than 95% of it pruned
@@ -57,8 +64,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .curves import (  # noqa: F401  (re-exported: the analysis' public names)
-    BASELINE_KINDS, CURVE_KEY, CURVE_KINDS, SPARSITY_DECIMALS, curves, full_model, level_trials, of_curve,
-    phase_transition, scored, seed_values, setting_labels, super_tickets, transfer,
+    BASELINE_KINDS, CURVE_KEY, CURVE_KINDS, MIN_ABOVE_CHANCE, SPARSITY_DECIMALS, curves, full_model, level_trials,
+    of_curve, phase_transition, scored, seed_values, setting_labels, super_tickets, transfer,
 )
 from ..errors import ResultsError
 from .multitask import chosen_from_rows, format_table, mtl_table, sharing_table
@@ -86,6 +93,7 @@ ANALYSIS_SCHEMAS: dict[str, pa.Schema] = {
         ("sparsity", _F), ("mean", _F), ("std", _F), ("seeds", _I), ("failed_seeds", _I), ("trajectories", _I),
         ("matches_paper", _B), ("matches_strict", _B), ("is_super", _B),
         ("full_mean", _F), ("full_std", _F), ("full_seeds", _I), ("full_failed_seeds", _I), ("full_source", _S),
+        ("chance", _F), ("dev_examples", _I), ("min_above_chance", _F), ("learned", _B),
         ("matching_sparsity_paper", _F), ("matching_sparsity_strict", _F),
         ("super_sparsity", _F), ("super_mean", _F), ("super_std", _F), ("super_seeds", _I), ("gain", _F),
         ("levels_tested", _I), ("t_paired", _F), ("p_paired", _F), ("p_selection", _F),
@@ -103,7 +111,7 @@ ANALYSIS_SCHEMAS: dict[str, pa.Schema] = {
         ("sparsity", _F), ("mean", _F), ("std", _F), ("seeds", _I), ("own_setting_id", _S),
         ("ticket_sparsity", _F), ("ticket_mean", _F), ("ticket_std", _F), ("ticket_seeds", _I), ("random_mean", _F),
         ("full_mean", _F), ("vs_ticket", _F), ("vs_full", _F), ("transfers", _B), ("transfers_strict", _B),
-        ("universal", _B), ("universal_strict", _B),
+        ("universal", _B), ("universal_strict", _B), ("learned", _B),
     ),
     "layer_sparsity": _schema(
         ("model", _S), ("method", _S), ("task", _S), ("setting_id", _S), ("ticket", _S), ("seed", _I),
@@ -129,17 +137,18 @@ ANALYSIS_TABLES = tuple(ANALYSIS_SCHEMAS)
 
 def analyze(
     results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-    num_heads: int | Mapping[str, int] | None = None,
+    num_heads: int | Mapping[str, int] | None = None, min_above_chance: float | None = MIN_ABOVE_CHANCE,
 ) -> dict[str, pd.DataFrame]:
     """Compute every analysis table from a results root and write them (all or none) to `out_dir`.
 
     `num_heads` (per model name, or one int) is needed only to count shared attention heads of structured
-    tickets; by default it is read from each model's config.
+    tickets; by default it is read from each model's config. `min_above_chance`: how far a full model must
+    beat chance to have learned (None: two standard errors at the dev size; see the rules above).
     """
     store = ResultsStore(results_dir)
     raw = store.rounds()
     rounds = scored(raw)
-    tables = findings(rounds)
+    tables = findings(rounds, min_above_chance)
     # Each chosen mask is looked up once and read from the store at most once, for both tables below.
     matching = ticket_masks(store, rounds, tables["super_tickets"], "matching")
     load = functools.cache(store.load_mask)
@@ -155,30 +164,38 @@ def analyze(
     return {name: tables[name] for name in ANALYSIS_TABLES}
 
 
-def findings(rounds: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def findings(rounds: pd.DataFrame, min_above_chance: float | None = MIN_ABOVE_CHANCE) -> dict[str, pd.DataFrame]:
     """The tables that need no masks (curves, super_tickets, transfer) from `scored` rounds."""
     values, trials = seed_values(rounds), level_trials(rounds)
-    full = full_model(rounds)
+    full = full_model(rounds, min_above_chance)
     tables = {"curves": conform("curves", curves(values, trials, setting_labels(rounds)))}
     tables["super_tickets"] = conform("super_tickets", super_tickets(values, tables["curves"], full))
     tables["transfer"] = conform("transfer", transfer(values, tables["curves"], full))
     return tables
 
 
-def best_tickets(results_dir: str | os.PathLike) -> list[dict]:
+def best_tickets(results_dir: str | os.PathLike, min_above_chance: float | None = MIN_ABOVE_CHANCE) -> list[dict]:
     """The super ticket of every curve, as the sweep prints it at its end: the super_tickets table's own
-    rule and tie-break (computed by the same code). [] when no round has finished yet."""
+    rule and tie-break (computed by the same code). A curve whose full model did not learn (`learned` False)
+    is listed with its chance value and margin and no super ticket (sparsity, mean, gain NaN). [] when no
+    round has finished yet."""
     try:
         rounds = ResultsStore(results_dir).rounds()
     except ResultsError:
         return []
-    per_curve = findings(scored(rounds))["super_tickets"].drop_duplicates(CURVE_KEY)
+    per_curve = findings(scored(rounds), min_above_chance)["super_tickets"].drop_duplicates(CURVE_KEY)
     fields = {"sparsity": "super_sparsity", "mean": "super_mean", "seeds": "super_seeds"}
     return [
         {**{k: r[k] for k in (*CURVE_KEY, "setting_label", "metric_name")}, **{k: r[v] for k, v in fields.items()},
-         **{k: r[k] for k in ("full_mean", "gain", "p_selection")}}
+         **{k: r[k] for k in ("full_mean", "gain", "p_selection", "chance", "min_above_chance", "learned")}}
         for r in per_curve.to_dict("records")
     ]
+
+
+def did_not_learn(r) -> str:
+    """Why a curve has no findings, in one phrase: its full model against chance and the margin."""
+    return (f"did not learn: full {_num(r['full_mean'])} ≤ chance {_num(r['chance'])} + "
+            f"{_num(r['min_above_chance'])}")
 
 
 def load_analysis(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, pd.DataFrame] | None:
@@ -205,7 +222,8 @@ def load_analysis(results_dir: str | os.PathLike, out_dir: str | os.PathLike | N
 
 
 SUMMARY_HEADER = (
-    "model", "method", "task", "setting", "metric", "full model (mean ± std)", "matching sparsity (paper / strict)",
+    "model", "method", "task", "setting", "metric", "full model (mean ± std)", "chance (+ margin)",
+    "matching sparsity (paper / strict)",
     "super ticket sparsity", "gain", "p_selection (paired, Holm over K levels)", "p_holdout (held-out seeds)",
     "p_welch (unpaired, unadjusted)", "seeds", "failed seeds (ticket / full)", "trajectories", "phase transition",
     "layer collapse",
@@ -213,8 +231,9 @@ SUMMARY_HEADER = (
 
 
 def summary_rows(tables: Mapping[str, pd.DataFrame]) -> list[list[str]]:
-    """One row of SUMMARY_HEADER cells per curve (model, method, task, setting): full model, matching and
-    super tickets, the super ticket's tests, failed seeds, trajectories and layer collapse."""
+    """One row of SUMMARY_HEADER cells per curve (model, method, task, setting): full model, chance, matching and
+    super tickets, the super ticket's tests, failed seeds, trajectories and layer collapse. A curve whose full
+    model did not learn says so in place of its matching sparsity."""
     supers = tables["super_tickets"]
     rows = []
     for key, levels in supers.groupby(CURVE_KEY, sort=True):
@@ -226,7 +245,9 @@ def summary_rows(tables: Mapping[str, pd.DataFrame]) -> list[list[str]]:
             r.model, r.method, r.task, _text(r.setting_label),
             r.metric_name + (f" ({r.metric_convention})" if isinstance(r.metric_convention, str) else ""),
             f"{_num(r.full_mean)} ± {_num(r.full_std)} (n={r.full_seeds})",
-            f"{_pct(r.matching_sparsity_paper)} / {_pct(r.matching_sparsity_strict)}",
+            f"{_num(r.chance)} (+ {_num(r.min_above_chance)})",
+            f"{_pct(r.matching_sparsity_paper)} / {_pct(r.matching_sparsity_strict)}" if r.learned
+            else did_not_learn(r),
             _pct(r.super_sparsity), _num(r.gain, signed=True), f"{_num(r.p_selection, fmt='.3g')} (K={r.levels_tested})",
             held, _num(r.p_welch, fmt=".3g"), str(r.super_seeds),
             f"{at.failed_seeds if at is not None else '—'} / {r.full_failed_seeds}",
