@@ -118,11 +118,16 @@ class TicketSweep(SweepMode):
 
     def finish(self, cfg: SweepConfig, jobs, started: float) -> list[dict]:
         best = summary(cfg)
-        print("super ticket per task (analysis rule: best ticket mean over seeds, ties to the sparser level):")
+        print("super ticket per task (analysis rule: best ticket mean over seeds, ties to the sparser level; a full "
+              "model not above chance by the margin did not learn and has none):")
         for b in best:
-            print(f"  {b['task']:6s} setting {str(b['setting_id'])[:8]}  sparsity {b['sparsity']:.4f}"
-                  f"  {b['metric_name']} {b['mean']:.4f}  full {b['full_mean']:.4f}  gain {b['gain']:+.4f}"
-                  f"  seeds {b['seeds']}  p_selection {b['p_selection']:.3g}")
+            head = f"  {b['task']:6s} setting {str(b['setting_id'])[:8]}  "
+            chance = f"chance {b['chance']:.4f} + {b['min_above_chance']:.4f}"
+            if not b["learned"]:
+                print(f"{head}did not learn: {b['metric_name']} full {b['full_mean']:.4f} ≤ {chance}; no ticket")
+                continue
+            print(f"{head}sparsity {b['sparsity']:.4f}  {b['metric_name']} {b['mean']:.4f}  full {b['full_mean']:.4f}"
+                  f"  {chance}  gain {b['gain']:+.4f}  seeds {b['seeds']}  p_selection {b['p_selection']:.3g}")
         files, mb = kept_weights(cfg)
         if files:
             print(f"kept weights: {files} round(s), {mb:.1f} MB each (ticket.keep_weights={cfg.ticket.keep_weights})")
