@@ -1,7 +1,11 @@
-"""The `raytickets` command, run as a user runs it (a subprocess): help, one-line errors, finetune's files."""
+"""The `raytickets` command: help, one-line errors, finetune's files. Run as a user runs it (a subprocess) where the
+process itself is the point (the console script, argparse's exit, the files a run leaves); the many bad-input and
+help cases call the same `main` in this process, since a new Python with torch costs seconds a case."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -36,6 +40,26 @@ def run(*args: str, cwd: Path = REPO, timeout: int = 300, module: str | None = N
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def call(*args: str, module: str | None = None) -> subprocess.CompletedProcess:
+    """`raytickets ARGS` (or `python -m raytickets.sweep ARGS`) through its `main` in this process, from the repo."""
+    from raytickets import cli
+    from raytickets.sweep import cli as sweep_cli
+
+    main = sweep_cli.main if module == "raytickets.sweep" else cli.main
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse: --help, usage errors
+                code = e.code
+    finally:
+        os.chdir(cwd)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 # ----------------------------------------------------------------------------------------------- help
 
 
@@ -49,7 +73,7 @@ def test_top_level_help_lists_every_subcommand():
 
 @pytest.mark.parametrize("name", SUBCOMMANDS)
 def test_subcommand_help(name):
-    res = run(name, "--help")
+    res = call(name, "--help")
     assert res.returncode == 0, res.stderr
     assert "usage:" in res.stdout and SUBCOMMANDS[name] in res.stdout
     assert res.stderr == ""
@@ -96,7 +120,7 @@ def one_line_error(res: subprocess.CompletedProcess) -> str:
 )
 def test_bad_ticket_input_is_one_line_with_exit_code_2(tmp_path, args, expected):
     out = tmp_path / "out"
-    line = one_line_error(run(*args, "--out", str(out)))
+    line = one_line_error(call(*args, "--out", str(out)))
     assert line.startswith(expected), line
     assert not out.exists()  # rejected before anything ran
 
@@ -104,7 +128,7 @@ def test_bad_ticket_input_is_one_line_with_exit_code_2(tmp_path, args, expected)
 def test_typo_in_a_ticket_yaml_is_one_line_with_exit_code_2(tmp_path):
     config = tmp_path / "ticket.yaml"
     config.write_text("task: sst2\ntrain:\n  epochs: 1\n  batchsize: 16\n")
-    line = one_line_error(run("finetune", "--config", str(config), "--out", str(tmp_path / "out")))
+    line = one_line_error(call("finetune", "--config", str(config), "--out", str(tmp_path / "out")))
     assert line.startswith("error: train.batchsize: unknown key; allowed: learning_rate"), line
 
 
@@ -112,9 +136,9 @@ def test_typo_in_a_ticket_yaml_is_one_line_with_exit_code_2(tmp_path):
 def test_bad_sweep_input_is_one_line_with_exit_code_2(module):
     args = ["sweep"] if module is None else []
     line = one_line_error(run(*args, "--config", "configs/smoke.yaml", "--dry-run",
-                              "search.space.prune.rate.high=1.5", module=module))
+                              "search.space.prune.rate.high=1.5", module=module))  # as a process: exit code 2
     assert line == "error: search.space.prune.rate: 1.5 must be in (0, 1)", line
-    line = one_line_error(run(*args, "--config", "/no/such.yaml", module=module))
+    line = one_line_error(call(*args, "--config", "/no/such.yaml", module=module))
     assert line == "error: config: file '/no/such.yaml' does not exist", line
 
 
