@@ -435,10 +435,12 @@ def test_a_task_with_several_curves_needs_a_choice_and_the_model_must_be_the_tic
 # ------------------------------------------------------------------------------- tasks without a super ticket
 
 
-def planted_root(src: Path, dst: Path, gains: dict[str, list[float]]) -> Path:
+def planted_root(src: Path, dst: Path, gains: dict[str, list[float]], at_chance: tuple[str, ...] = ()) -> Path:
     """A copy of the tickets root `src` (real tickets and masks, seeds 0 and 1) in which each task's ticket of
     seed i scores its full model's value of that seed plus gains[task][i]: a super ticket, or none, planted.
-    Seeds past 1 are copies of seed i % 2's rows (trajectory and masks) under their own trial."""
+    The full model of seed i scores 0.85 + 0.01 i, above chance (at most 0.6 on 32 dev rows) by more than the
+    analysis' margin (2 standard errors: at most 0.18), or for the tasks `at_chance` its chance value: it did not
+    learn. Seeds past 1 are copies of seed i % 2's rows (trajectory and masks) under their own trial."""
     import shutil
 
     shutil.copytree(src, dst)
@@ -449,9 +451,14 @@ def planted_root(src: Path, dst: Path, gains: dict[str, list[float]]) -> Path:
                                                      run_id=lambda f, s=s: f["run_id"] + f"-planted{s}")
               for s in range(2, n)]
     rounds = pd.concat([rounds, *copies], ignore_index=True)
-    full = rounds[rounds["kind"] == "full"].set_index(["task", "seed"])["metric"]
+    is_full = rounds["kind"] == "full"
+    rounds.loc[is_full, "metric"] = [float(c) if t in at_chance else 0.85 + 0.01 * s for t, s, c in
+                                     zip(rounds.loc[is_full, "task"], rounds.loc[is_full, "seed"],
+                                         rounds.loc[is_full, "chance_metric"])]
+    rounds.loc[is_full, "failed"] = False
+    full = rounds[is_full].set_index(["task", "seed"])["metric"]
     rows = []
-    for r in rounds[(rounds["kind"] == "ticket") | (rounds["seed"] >= 2)].to_dict("records"):
+    for r in rounds[rounds["kind"].isin(["full", "ticket"]) | (rounds["seed"] >= 2)].to_dict("records"):
         r = {k: None if not isinstance(v, str) and pd.isna(v) else v for k, v in r.items()}
         if r["kind"] == "ticket":
             r.update(metric=float(full[(r["task"], r["seed"])]) + gains[r["task"]][r["seed"]], failed=False)
@@ -464,7 +471,7 @@ def planted_root(src: Path, dst: Path, gains: dict[str, list[float]]) -> Path:
 def no_super_root(tmp_path_factory, tickets_root) -> Path:
     """SST-2's ticket beats its full model in both seeds; RTE's only level is below it in both."""
     return planted_root(tickets_root, tmp_path_factory.mktemp("planted") / "tickets",
-                        {"sst2": [0.10, 0.12], "rte": [-0.10, -0.12]})
+                        {"sst2": [0.05, 0.06], "rte": [-0.10, -0.12]})
 
 
 def dense_tasks(p) -> dict[str, bool]:
@@ -526,15 +533,16 @@ def test_a_task_whose_every_level_is_below_its_full_model_trains_dense_unless_th
 
 def test_the_significant_rule_trains_through_a_ticket_only_where_the_selection_test_rejects(tickets_root, data_cfg,
                                                                                              tmp_path):
-    """Planted on five seeds and one level: SST-2's ticket beats its full model in every seed by about 0.11, RTE's
-    has the better mean but loses in one seed and gains 0.01 in another: both are super tickets, only SST-2's is
-    significant (the analysis' p_selection, whichever paired test it runs: sign flip 1/32 and 3/32, t-test 5e-5
-    and 0.06). A task trains through its ticket exactly where that p is below 0.05, here and with two seeds."""
+    """Planted on five seeds and one level: SST-2's ticket beats its full model in every seed by about 0.055,
+    RTE's has the better mean but loses in one seed and gains 0.005 in another: both are super tickets, only
+    SST-2's is significant (the analysis' p_selection, whichever paired test it runs: sign flip 1/32 and 3/32,
+    t-test 5e-5 and 0.06). A task trains through its ticket exactly where that p is below 0.05, here and with
+    two seeds."""
     from raytickets.analysis.tables import best_tickets
     from raytickets.mtl.cli import describe
 
-    root = planted_root(tickets_root, tmp_path / "tickets", {"sst2": [0.10, 0.12, 0.11, 0.09, 0.13],
-                                                            "rte": [0.01, 0.20, -0.02, 0.15, 0.05]})
+    root = planted_root(tickets_root, tmp_path / "tickets", {"sst2": [0.05, 0.06, 0.055, 0.045, 0.065],
+                                                            "rte": [0.005, 0.10, -0.01, 0.075, 0.025]})
     best = {b["task"]: b for b in best_tickets(root)}
     assert best["sst2"]["p_selection"] < 0.05 <= best["rte"]["p_selection"] and best["rte"]["gain"] > 0
     rule = lambda name, seeds=(0, 1): plan(mtl_cfg(root, tmp_path / "out", data_cfg, ticket_rule=name,  # noqa: E731
@@ -546,9 +554,25 @@ def test_the_significant_rule_trains_through_a_ticket_only_where_the_selection_t
     assert "rte    dense (no significant super ticket: best level" in text
     assert f"p_selection {best['rte']['p_selection']:.3g} (needs < 0.05)" in text
 
-    two_seeds = planted_root(tickets_root, tmp_path / "two", {"sst2": [0.10, 0.12], "rte": [0.01, 0.20]})
+    two_seeds = planted_root(tickets_root, tmp_path / "two", {"sst2": [0.05, 0.06], "rte": [0.005, 0.10]})
     expected = {b["task"]: not b["p_selection"] < 0.05 for b in best_tickets(two_seeds)}
     assert dense_tasks(plan(mtl_cfg(two_seeds, tmp_path / "out", data_cfg, ticket_rule="significant"))) == expected
+
+
+def test_a_full_model_that_did_not_learn_has_no_super_ticket_however_its_levels_score(tickets_root, data_cfg, tmp_path):
+    """RTE's full model planted at its chance value (it learned nothing, by the analysis' margin), its ticket 0.1
+    above it: the analysis judges no level of that curve, so under `super` RTE trains dense and the plan says
+    why; `always` still takes its best level."""
+    from raytickets.mtl.cli import describe
+
+    root = planted_root(tickets_root, tmp_path / "tickets", {"sst2": [0.05, 0.06], "rte": [0.10, 0.12]},
+                        at_chance=("rte",))
+    p = plan(mtl_cfg(root, tmp_path / "out", data_cfg, ticket_rule="super"))
+    assert dense_tasks(p) == {"sst2": False, "rte": True}
+    assert p.ticket("rte", 0)["best_mean"] > p.ticket("rte", 0)["full_mean"] and not p.ticket("rte", 0)["learned"]
+    assert "rte    dense (no super ticket: the full model did not learn: full " in describe(p)
+    assert dense_tasks(plan(mtl_cfg(root, tmp_path / "out", data_cfg, ticket_rule="always"))) == {"sst2": False,
+                                                                                                  "rte": False}
 
 
 def test_the_rules_at_their_edges():
@@ -559,6 +583,8 @@ def test_the_rules_at_their_edges():
     level = {"task": "rte", "setting_id": "abcdef123", "mean": 0.7, "full_mean": 0.7, "p_selection": math.nan}
     assert not has_ticket(level, "super") and not has_ticket(level, "significant") and has_ticket(level, "always")
     assert has_ticket({**level, "mean": 0.7001}, "super")
+    assert not has_ticket({**level, "mean": 0.7001, "learned": False}, "super")
+    assert not has_ticket({**level, "p_selection": 0.01, "learned": False}, "significant")
     assert has_ticket({**level, "p_selection": 0.049}, "significant") and not has_ticket({**level, "p_selection": 0.05}, "significant")
     with pytest.raises(ResultsError, match=r"^ticket_rule: super compares with the full model, but rte's curve abcdef12 "
                                            r"has no full-model rows; use ticket_rule=always$"):

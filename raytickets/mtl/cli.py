@@ -119,6 +119,10 @@ def describe(p: Plan) -> str:
 
 
 def _why_dense(r: dict, rule: str) -> str:
+    from ..analysis.tables import did_not_learn
+
+    if not r["learned"]:  # the analysis judges no level of a curve whose full model did not beat chance
+        return f"no super ticket: the full model {did_not_learn(r)}"
     best = (f"best level {r['level']:.4f} ({r['method']} setting {str(r['setting_id'])[:8]}) {r['metric_name']} "
             f"{r['best_mean']:.4f}")
     if rule == "super":

@@ -6,6 +6,7 @@ whether the task trains through it at all (`TICKET_RULES`) or, lacking a super t
 from __future__ import annotations
 
 import json
+import math
 from typing import Mapping, Sequence
 
 import pandas as pd
@@ -34,16 +35,19 @@ def check_ticket_rule(rule: str, field: str = "ticket_rule") -> None:
 
 
 def has_ticket(best: Mapping, rule: str) -> bool:
-    """Whether a curve's best level (`analysis.best_tickets` row: mean, full_mean, p_selection) is a ticket to
-    train through under `rule`; False: the task trains dense. A p_selection of NaN (fewer than two paired seeds)
-    is not significant. ResultsError when `super` has no full model to compare with."""
+    """Whether a curve's best level (`analysis.best_tickets` row: mean, full_mean, p_selection, learned) is a
+    ticket to train through under `rule`; False: the task trains dense. A full model that did not beat chance
+    (`learned` False: the analysis judges no level of its curve) has no super ticket; a p_selection of NaN
+    (fewer than two paired seeds) is not significant. ResultsError when `super` has no full model to compare with."""
     check_ticket_rule(rule)
     if rule == "always":
         return True
+    if rule == "super" and pd.isna(best["full_mean"]):
+        raise ResultsError(f"ticket_rule: super compares with the full model, but {best['task']}'s curve "
+                           f"{str(best['setting_id'])[:8]} has no full-model rows; use ticket_rule=always")
+    if not best.get("learned", True):
+        return False
     if rule == "super":
-        if pd.isna(best["full_mean"]):
-            raise ResultsError(f"ticket_rule: super compares with the full model, but {best['task']}'s curve "
-                               f"{str(best['setting_id'])[:8]} has no full-model rows; use ticket_rule=always")
         return bool(best["mean"] > best["full_mean"])
     return bool(not pd.isna(best["p_selection"]) and best["p_selection"] < SIGNIFICANCE)
 
@@ -54,16 +58,23 @@ def super_ticket_masks(store: ResultsStore, tasks: Sequence[str], seeds: Sequenc
     """Each task's super ticket (`analysis.best_tickets`) as one row per seed: its ticket row of that seed
     (model, method, task, setting_id, seed, mask_id, sparsity, metric_name, metric — at chance where it
     collapsed —, metric columns, full_metric, training_steps, settings, ...) plus `level`, the chosen
-    sparsity level, and the curve's `best_mean`, `full_mean`, `p_selection` and `dense`: True where `rule`
+    sparsity level, and the curve's `best_mean`, `full_mean`, `p_selection`, the analysis' `learned` (with
+    `chance`, `min_above_chance`) and `dense`: True where `rule`
     (`TICKET_RULES`) finds no super ticket, so the task trains without a mask. `method` and `setting_id` (or
     its prefix; per task: `task_settings`) narrow the candidates — a root that grew over several settings
     holds several curves per task. ResultsError or ConfigError, naming what is there, when a task or a seed
     has no ticket, when a task has several candidate curves, or when the tickets come from different models."""
     from ..analysis.tables import best_tickets
-    from ..analysis.curves import SPARSITY_DECIMALS, scored
+    from ..analysis.curves import CURVE_KEY, SPARSITY_DECIMALS, scored
 
     rounds = store.rounds()
-    best = [b for b in best_tickets(store.root) if not pd.isna(b["sparsity"])]  # NaN: a curve without a pruned level
+    # The best level by the analysis' rule whether or not the full model beat chance (a margin of -inf): `always`
+    # trains through it; the analysis' own verdict (`learned`, with its chance and margin) decides the others.
+    judged = {tuple(b[k] for k in CURVE_KEY): b for b in best_tickets(store.root)}
+    best = [{**b, **{k: judged[key][k] for k in ("learned", "chance", "min_above_chance") if key in judged}}
+            for b in best_tickets(store.root, min_above_chance=-math.inf)
+            for key in [tuple(b[k] for k in CURVE_KEY)]]
+    best = [b for b in best if not pd.isna(b["sparsity"])]  # NaN: a curve without a pruned level
     wanted = {t: (task_settings or {}).get(t, setting_id) for t in GLUE}
     best = [b for b in best if (method is None or b["method"] == method)
             and (wanted.get(b["task"]) is None or str(b["setting_id"]).startswith(str(wanted[b["task"]])))]
@@ -100,7 +111,8 @@ def super_ticket_masks(store: ResultsStore, tasks: Sequence[str], seeds: Sequenc
         out.append(mine[mine["seed"].isin(seeds)].assign(
             sparsity=rounds.loc[mine.index, "sparsity"].astype(float), level=round(b["sparsity"], SPARSITY_DECIMALS),
             best_mean=float(b["mean"]), full_mean=float(b["full_mean"]), p_selection=float(b["p_selection"]),
-            dense=not has_ticket(b, rule)))
+            learned=bool(b.get("learned", True)), chance=float(b.get("chance", math.nan)),
+            min_above_chance=float(b.get("min_above_chance", math.nan)), dense=not has_ticket(b, rule)))
     return pd.concat(out, ignore_index=True)
 
 
