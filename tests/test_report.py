@@ -193,3 +193,22 @@ def test_an_analysis_written_with_other_columns_is_redone(tmp_path):
     assert analysis.load_analysis(tmp_path) is None
     write_report(tmp_path)  # re-analyses instead of failing on the missing column
     assert "failed_seeds" in pd.read_parquet(stale).columns
+
+
+def test_every_curve_has_a_chance_line_and_a_task_that_did_not_learn_no_star(tmp_path):
+    from raytickets.analysis.report import curve_figure
+
+    from tests.test_analysis import at_chance_root
+
+    at_chance_root(tmp_path)  # rte: full 0.48 against chance 0.505 (did not learn); sst2: 0.80 against 0.51
+    tables = analysis.analyze(tmp_path)
+    fig = curve_figure(tables["super_tickets"], tables["curves"])
+    panels = {ax.get_title().split(" ·")[0] + (" — did not learn" in ax.get_title()) * "!": ax for ax in fig.axes}
+    assert set(panels) == {"rte!", "sst2"}  # "!": the title says "did not learn"
+    for task, chance in (("rte!", 0.505), ("sst2", 0.51)):
+        lines = {line.get_label(): line for line in panels[task].get_lines()}
+        assert "chance" in lines and list(lines["chance"].get_ydata()) == pytest.approx([chance, chance]), task
+    assert "super ticket" not in {line.get_label() for line in panels["rte!"].get_lines()}
+    assert "super ticket" in {line.get_label() for line in panels["sst2"].get_lines()}
+    page = write_report(tmp_path).read_text()
+    assert "did not learn: full 0.4800 ≤ chance 0.5050" in page and "chance (dotted" in page

@@ -83,8 +83,9 @@ def build_figures(tables: dict[str, pd.DataFrame]) -> list[tuple[str, str, bytes
         name = f"{Path(model).name or model} / {method}"
         sel = {k: _select(t, model, method) for k, t in tables.items() if k not in MTL_TABLES}
         figures.append((f"curves-{tag}.png", f"Metric vs sparsity per task and setting ({name}): ticket mean ± std "
-                        "over seeds, baselines, full-model band (mean ± std); ○ matching (paper), □ matching (strict), "
-                        "★ super ticket", _png(curve_figure(sel["super_tickets"], sel["curves"]))))
+                        "over seeds, baselines, full-model band (mean ± std), chance (dotted; shaded up to the margin "
+                        "a full model must clear); ○ matching (paper), □ matching (strict), ★ super ticket; a panel "
+                        "marked 'did not learn' has none", _png(curve_figure(sel["super_tickets"], sel["curves"]))))
         if not sel["overlap"].empty:
             figures.append((f"overlap-{tag}.png", f"Overlap of matching tickets across tasks ({name}): "
                             "Jaccard / Jaccard of independent random masks (1 = chance), mean over seed and setting pairs",
@@ -109,7 +110,9 @@ def build_figures(tables: dict[str, pd.DataFrame]) -> list[tuple[str, str, bytes
 
 
 def curve_figure(supers: pd.DataFrame, curves: pd.DataFrame) -> Figure:
-    """One panel per curve (task and setting): ticket, baselines, full-model band, matching and super marks."""
+    """One panel per curve (task and setting): ticket, baselines, full-model band, the chance line (and the margin
+    above it the full model must clear), matching and super marks; none of them where the full model did not
+    learn (`super_tickets.learned`), said in the panel's title."""
     keys = sorted(set(map(tuple, supers[CURVE_KEY].drop_duplicates().to_numpy())))
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
@@ -122,6 +125,11 @@ def curve_figure(supers: pd.DataFrame, curves: pd.DataFrame) -> Figure:
             ax.axhspan(first["full_mean"] - first["full_std"], first["full_mean"] + first["full_std"],
                        color="tab:gray", alpha=0.25, label="full model ± std")
             ax.axhline(first["full_mean"], color="tab:gray", lw=1)
+        if not math.isnan(first["chance"]):
+            ax.axhline(first["chance"], color="tab:red", lw=1, ls=":", label="chance")
+            if first["min_above_chance"] > 0:
+                ax.axhspan(first["chance"], first["chance"] + first["min_above_chance"], color="tab:red", alpha=0.08,
+                           label="chance + margin")
         mine = of_curve(curves, key)
         for kind in BASELINE_KINDS:
             b = mine[mine["kind"] == kind].sort_values("sparsity")
@@ -134,7 +142,7 @@ def curve_figure(supers: pd.DataFrame, curves: pd.DataFrame) -> Figure:
         _mark(ax, t, first["matching_sparsity_paper"], "o", 13, "matching (paper)")
         _mark(ax, t, first["matching_sparsity_strict"], "s", 11, "matching (strict)")
         _mark(ax, t, first["super_sparsity"], "*", 16, "super ticket", filled=True)
-        ax.set_title(curve_title(supers, key), fontsize=9)
+        ax.set_title(curve_title(supers, key) + ("" if first["learned"] else " — did not learn"), fontsize=9)
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel(first["metric_name"])
         ax.grid(alpha=0.3)
@@ -284,7 +292,9 @@ accounts for picking the best of K; with n seeds no p is below 2<sup>&minus;n</s
 2<sup>&minus;n</sup> &lt; 0.05/K (9 seeds for K = 16). p_holdout (&ge; 4 paired seeds): the level chosen on the
 first half of the seeds, tested on the other half by the same permutation test. p_welch: Welch's unpaired
 t-test of the chosen level on the seeds that chose it, uncorrected, for comparison only (it overstates
-significance). Trajectories: trials reaching the level.</p>
+significance). Trajectories: trials reaching the level. Did not learn: a full model whose mean is not above
+its chance value (majority class; 0 for a correlation) by the margin (two standard errors at the dev size,
+unless set) learned nothing, so its curve has no matching sparsity, super ticket or transfer verdict.</p>
 <h2>Summary</h2>
 {notes}
 {table}
