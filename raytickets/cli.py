@@ -185,7 +185,11 @@ def cmd_sweep(args) -> int:
 def cmd_analyze(args) -> int:
     from .analysis.tables import analyze, summary_markdown
 
-    tables = analyze(args.results_dir, args.out)
+    margin = args.min_above_chance
+    if margin is not None and not 0 <= margin < 1:  # a metric's scale: accuracy, F1, correlations are within 1
+        raise RayticketsError(f"--min-above-chance: {margin} must be in [0, 1) (default: two standard errors at chance "
+                              "on each curve's dev examples)")
+    tables = analyze(args.results_dir, args.out, min_above_chance=margin)
     print(summary_markdown(tables))
     return 0
 
@@ -227,6 +231,10 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="super tickets, matching sparsity, overlap and transfer tables")
     a.add_argument("results_dir")
     a.add_argument("--out", help="where the tables go (default RESULTS_DIR/analysis)")
+    a.add_argument("--min-above-chance", type=float, metavar="X",
+                   help="how far a full model's mean must beat its chance value to have learned, for every curve "
+                        "(default: two standard errors of the metric at chance on the curve's dev examples); a curve "
+                        "that did not learn has no matching sparsity, super ticket or transfer verdict")
     a.set_defaults(func=cmd_analyze)
 
     r = sub.add_parser("report", help="HTML report with figures and a Markdown summary")

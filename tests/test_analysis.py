@@ -633,3 +633,18 @@ def test_the_chance_rule_errs_at_its_stated_rate_in_simulation():
     assert 0.01 < rate < 0.04
     planted = rng.binomial(n, c + 0.15, size=2000) / n
     assert np.mean([learned(a, c, margin) for a in planted]) > 0.99
+
+
+def test_raytickets_analyze_sets_the_margin_with_min_above_chance(tmp_path, capsys):
+    from raytickets import cli
+
+    sid = dev_setting(200)  # rte: 0.56 against chance 0.505, within two standard errors (0.0707) at 200 examples
+    ResultsStore(tmp_path).write_rounds(curve_rows("rte", sid, [0.56, 0.56], {0.3: [0.61, 0.61]}, chance_metric=0.505))
+    assert cli.main(["analyze", str(tmp_path)]) == 0
+    assert "did not learn: full 0.5600 ≤ chance 0.5050 + 0.0707" in capsys.readouterr().out
+    assert cli.main(["analyze", str(tmp_path), "--min-above-chance", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "did not learn" not in out and "| 30.0% |" in out and "0.5050 (+ 0.0500)" in out
+    assert cli.main(["analyze", str(tmp_path), "--min-above-chance", "-0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --min-above-chance: -0.1 must be in [0, 1)") and err.count("\n") == 1

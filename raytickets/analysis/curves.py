@@ -146,11 +146,11 @@ def chance_margin(metric_name: str, chance: float, n: int | None) -> float:
 
 
 def learned(full_mean: float, chance: float, margin: float) -> bool:
-    """Whether a full model beat chance by the margin. An unknown chance (older files) or margin is not judged:
-    True, so their curves keep every finding they had."""
-    if math.isnan(chance) or math.isnan(margin):
+    """Whether a full model beat chance by the margin. A curve without a full-model value, or whose chance (older
+    files) or margin is unknown, is not judged: True, so it keeps every finding it had."""
+    if math.isnan(full_mean) or math.isnan(chance) or math.isnan(margin):
         return True
-    return bool(full_mean > chance + margin)  # NaN full mean: False (nothing learned that can be shown)
+    return bool(full_mean > chance + margin)
 
 
 # ---------------------------------------------------------------- curves and the full model
