@@ -367,3 +367,45 @@ def test_the_raytickets_cli_has_the_export_command():
     sub = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
     export_parser = sub.choices["export"]
     assert any("--format" in a.option_strings for a in export_parser._actions)
+
+
+# ------------------------------------------------------------------------------ a task that did not learn
+
+
+def at_chance_store(root: Path) -> ResultsStore:
+    """RTE's full model at 0.48 against a 0.505 chance on 200 dev examples (did not learn), its best level 0.53 at
+    30%; SST-2 learned (0.80 against 0.51). Every ticket has a stored mask."""
+    from tests.test_analysis import curve_rows, dev_setting
+
+    store = ResultsStore(root)
+    shapes = {"encoder.layer.0.attention.self.query.weight": (8, 8)}
+    rows = curve_rows("rte", dev_setting(200), [0.48, 0.48], {0.3: [0.53, 0.52]}, chance_metric=0.505)
+    rows += curve_rows("sst2", dev_setting(200), [0.80, 0.81], {0.3: [0.82, 0.83]}, chance_metric=0.51)
+    for i, r in enumerate(rows):
+        if r["kind"] == "ticket":
+            g = torch.Generator().manual_seed(i)
+            r["mask_id"] = store.write_mask(Mask({n: torch.rand(s, generator=g) >= 0.3 for n, s in shapes.items()}))
+    store.write_rounds(rows)
+    return store
+
+
+def test_best_of_a_task_that_did_not_learn_is_exported_as_no_ticket_and_the_card_says_so(tmp_path, capsys):
+    store = at_chance_store(tmp_path / "results")
+    ticket = find_ticket(store, "rte", best=True, need_weights=False)
+    err = capsys.readouterr().err
+    assert err == ("export: rte did not learn: full 0.4800 ≤ chance 0.5050 + 0.0707; its best level (0.3) is no super "
+                   "ticket (the card says so)\n")
+    assert ticket.row["sparsity"] == 0.3 and ticket.row["metric"] == 0.53 and not ticket.curve["learned"]
+    card = model_card(ticket, Report(format="hf"))
+    assert "**Not a ticket: the full model did not learn.**" in card
+    assert "| chance (majority class; + the margin a full model must clear) | 0.5050 (+ 0.0707): the full model did " \
+           "not learn |" in card
+    learned = find_ticket(store, "sst2", best=True, need_weights=False)
+    assert capsys.readouterr().err == "" and learned.curve["learned"]
+    card = model_card(learned, Report(format="hf"))
+    assert "Not a ticket" not in card and "0.5100 (+ 0.0707): the full model learned |" in card
+    code, _, err = export(capsys, tmp_path / "results", "--task", "rte", "--best", "--format", "mask", "--out",
+                          tmp_path / "m")
+    assert code == 0 and "did not learn" in err
+    written = json.loads((tmp_path / "m" / "ticket.json").read_text())
+    assert written["learned"] is False and written["chance"] == pytest.approx(0.505)

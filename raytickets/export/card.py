@@ -30,8 +30,15 @@ def provenance(ticket: Ticket) -> dict[str, Any]:
         "seed": int(r["seed"]), "round": int(r["round"]), "mask_id": r["mask_id"], "run_id": r.get("run_id"),
         "setting_id": r.get("setting_id"), "weights_path": r["weights_path"] if present(r.get("weights_path")) else None,
         "level_seeds": {int(x["seed"]): float(x["metric"]) for x in ticket.level},
+        # the analysis' verdict on the curve: did its full model beat chance by the margin (null: not judged)
+        "chance": _float(ticket.curve.get("chance")), "min_above_chance": _float(ticket.curve.get("min_above_chance")),
+        "learned": bool(ticket.curve["learned"]) if "learned" in ticket.curve else None,
         "settings": ticket.settings,
     }
+
+
+def _float(x) -> float | None:
+    return float(x) if present(x) else None
 
 
 def _flat(settings: dict, prefix: str = "") -> list[tuple[str, Any]]:
@@ -65,11 +72,12 @@ def model_card(ticket: Ticket, report: Report) -> str:
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# {p['task']} lottery ticket of {p['model']} at {100 * p['sparsity']:.2f}% sparsity", "",
         f"A {p['method']} ticket found by raytickets: {p['metric_name']} {p['metric']:.4f} on the {p['task']} dev set "
-        f"against {full} for the full fine-tuned model (seed {p['seed']}).", "",
+        f"against {full} for the full fine-tuned model (seed {p['seed']}).", "", *_chance_lines(p),
         "| | |", "|---|---|",
         f"| task | {p['task']} |", f"| base model | {p['model']} |", f"| method | {p['method']} |",
         f"| sparsity (of the prunable weights) | {p['sparsity']:.4f} |",
         f"| {p['metric_name']} (ticket / full model) | {p['metric']:.4f} / {full} |",
+        f"| chance (majority class; + the margin a full model must clear) | {_chance_cell(p)} |",
         f"| exported seed (round) | {p['seed']} ({p['round']}) |",
         f"| seeds at this sparsity ({p['metric_name']}) | {seeds} |",
         f"| mask id | {p['mask_id']} |", f"| run id | {p['run_id']} |", f"| setting id | {p['setting_id']} |",
@@ -78,6 +86,23 @@ def model_card(ticket: Ticket, report: Report) -> str:
         "| setting | value |", "|---|---|", *(f"| {k} | {json.dumps(v)} |" for k, v in _flat(p["settings"])),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _chance_cell(p: dict) -> str:
+    if p["chance"] is None:
+        return "unknown"
+    margin = f" (+ {p['min_above_chance']:.4f})" if p["min_above_chance"] is not None else ""
+    return f"{p['chance']:.4f}{margin}: " + ("the full model learned" if p["learned"] else "the full model did not learn")
+
+
+def _chance_lines(p: dict) -> list[str]:
+    """A warning paragraph where the curve's full model did not beat chance: what is exported is no ticket."""
+    if p["learned"] is not False:
+        return []
+    return [f"**Not a ticket: the full model did not learn.** Its mean {p['metric_name']} over seeds is not above "
+            f"the chance value {p['chance']:.4f} (a constant majority-class predictor) by the margin "
+            f"{p['min_above_chance']:.4f} (two standard errors at the dev size, unless set), so nothing on this "
+            "curve can match or beat it; this mask is exported only as asked.", ""]
 
 
 def _is_hub_id(name: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ class Ticket:
     row: dict[str, Any]
     mask: Mask
     level: list[dict[str, Any]] = field(default_factory=list)  # ticket rows of its task, setting, sparsity
+    # The analysis' verdict on its curve (`analysis.best_tickets`): chance, min_above_chance, learned, full_mean.
+    curve: dict[str, Any] = field(default_factory=dict)
 
     @property
     def settings(self) -> dict:
@@ -51,7 +54,9 @@ def find_ticket(store: ResultsStore, task: str | None = None, *, best: bool = Fa
                 need_weights: bool = True) -> Ticket:
     """The ticket one of `best` (the task's super ticket), `sparsity` or `mask_id` names, narrowed by `seed` and
     `setting`; ResultsError (one line, listing what exists) when there is none. Among several seeds at the level,
-    the highest metric is exported (ties: the lowest seed); the card lists them all."""
+    the highest metric is exported (ties: the lowest seed); the card lists them all. A curve whose full model did
+    not beat chance (the analysis' `learned`) has no super ticket: `best` then takes its best level by the same
+    rule, says on stderr that it is no ticket, and the card says so too."""
     if [best, sparsity is not None, mask_id is not None].count(True) != 1:
         raise ConfigError("export: give exactly one of --best, --sparsity, --mask-id")
     if mask_id is not None and not store.has_mask(mask_id):
@@ -76,7 +81,25 @@ def find_ticket(store: ResultsStore, task: str | None = None, *, best: bool = Fa
     same = (rows["kind"] == "ticket") & (rows["task"] == chosen["task"]) & (rows["setting_id"] == chosen["setting_id"])
     level = rows[same & (rows["sparsity"].map(_level) == _level(chosen["sparsity"]))]
     level = level.sort_values("metric", ascending=False, kind="stable").drop_duplicates("seed").sort_values("seed")
-    return Ticket(row=chosen, mask=store.load_mask(chosen["mask_id"]), level=level.to_dict("records"))
+    ticket = Ticket(row=chosen, mask=store.load_mask(chosen["mask_id"]), level=level.to_dict("records"),
+                    curve=_verdict(store, chosen))
+    if best and ticket.curve and not ticket.curve["learned"]:  # said once the ticket is found, never beside an error
+        from ..analysis.tables import did_not_learn
+
+        print(f"export: {chosen['task']} {did_not_learn(ticket.curve)}; its best level "
+              f"({_level(chosen['sparsity'])}) is no super ticket (the card says so)", file=sys.stderr)
+    return ticket
+
+
+def _verdict(store: ResultsStore, row: dict) -> dict:
+    """The analysis' chance verdict on the curve of `row` ({} where the analysis has none)."""
+    from ..analysis.tables import best_tickets
+
+    key = lambda r: (r["model"], r["method"], r["task"], r["setting_id"] if present(r["setting_id"]) else "")  # noqa: E731
+    for b in best_tickets(store.root):
+        if key(b) == key(row):  # the analysis names a curve without a setting_id ""
+            return {k: b[k] for k in ("chance", "min_above_chance", "learned", "full_mean")}
+    return {}
 
 
 def _with_mask(mask_id: str | None) -> str:
@@ -133,7 +156,8 @@ def _super_ticket(store: ResultsStore, tickets: pd.DataFrame, task: str) -> pd.D
     among `tickets`."""
     from ..analysis.tables import best_tickets
 
-    curves = [b for b in best_tickets(store.root) if b["task"] == task
+    # The best level whether or not the full model beat chance (a margin of -inf): the verdict is said below.
+    curves = [b for b in best_tickets(store.root, min_above_chance=-math.inf) if b["task"] == task
               and b.get("setting_id") in set(tickets["setting_id"])]
     if not curves:
         raise ResultsError(f"--best: no super ticket of task {task!r} in {store.root} (no scored ticket rounds)")
