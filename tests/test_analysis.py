@@ -648,3 +648,22 @@ def test_raytickets_analyze_sets_the_margin_with_min_above_chance(tmp_path, caps
     assert cli.main(["analyze", str(tmp_path), "--min-above-chance", "-0.1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --min-above-chance: -0.1 must be in [0, 1)") and err.count("\n") == 1
+
+
+def test_a_task_whose_plain_multitask_arm_did_not_learn_gets_no_mtl_verdict():
+    from raytickets.analysis.multitask import mtl_table
+
+    rows = []
+    for task, plain in (("sst2", 0.80), ("rte", 0.50)):  # rte's dense multi-task model is at its chance, 0.5
+        for arm, shift in (("plain", 0.0), ("tickets_share", 0.03)):
+            rows += [{"setting_id": "x", "task": task, "arm": arm, "seed": seed, "kind": "mtl", "round": 0,
+                      "trial": f"t{seed}", "model": "m", "method": "structured", "metric_name": "accuracy",
+                      "metric": plain + shift + 0.001 * seed, "failed": False, "chance_metric": 0.5,
+                      "sparsity": 0.1 if shift else 0.0, "settings": None, "source_task": None} for seed in range(6)]
+    table = mtl_table(pd.DataFrame(rows)).set_index(["task", "arm"])
+    assert math.isnan(table.loc[("rte", "tickets_share"), "p_vs_plain"])  # the difference is described, not judged
+    assert table.loc[("rte", "tickets_share"), "diff_vs_plain"] == pytest.approx(0.03)
+    assert table.loc[("sst2", "tickets_share"), "diff_vs_plain"] == pytest.approx(0.03)
+    assert table.loc[("sst2", "tickets_share"), "p_vs_plain"] < 0.05
+    judged = mtl_table(pd.DataFrame(rows), min_above_chance=-1.0).set_index(["task", "arm"])  # every task judged
+    assert judged.loc[("rte", "tickets_share"), "p_vs_plain"] < 0.05

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .curves import scored
+from .curves import CORRELATIONS, MIN_ABOVE_CHANCE, chance_margin, dev_examples, learned, scored
 from .overlap import overlap
 from .stats import holm, paired_greater
 from ..store import ResultsStore
@@ -49,14 +49,32 @@ def seed_values(rounds: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([values, average[values.columns]], ignore_index=True)
 
 
-def mtl_table(rounds: pd.DataFrame) -> pd.DataFrame:
+def plain_learned(rounds: pd.DataFrame, min_above_chance: float | None = MIN_ABOVE_CHANCE) -> dict[tuple, bool]:
+    """(setting_id, task) -> whether its `plain` arm (the dense multi-task model: this table's full model) beat
+    the task's chance value by the margin, the analysis' `learned` rule (`curves.full_model`)."""
+    plain = rounds[(rounds["kind"] == "mtl") & (rounds["arm"] == "plain")]
+    out = {}
+    for (setting, task), g in (scored(plain).groupby(["setting_id", "task"]) if len(plain) else ()):
+        metric, chance = g["metric_name"].iloc[0], g["chance_metric"].astype(float).dropna()
+        c = float(chance.mean()) if len(chance) else 0.0 if metric in CORRELATIONS else math.nan
+        settings = g["settings"].dropna()
+        margin = (float(min_above_chance) if min_above_chance is not None else
+                  chance_margin(metric, c, dev_examples(task, settings.iloc[0] if len(settings) else None)))
+        out[(setting, task)] = learned(float(g.groupby("seed")["metric"].mean().mean()), c, margin)
+    return out
+
+
+def mtl_table(rounds: pd.DataFrame, min_above_chance: float | None = MIN_ABOVE_CHANCE) -> pd.DataFrame:
     """Per experiment (setting_id), task and the task average, and arm: mean and sample std over seeds,
     failed seeds, mean sparsity, `dense` (every seed ran without a mask: plain, or a task without a super ticket
     under the experiment's ticket_rule), and the paired difference from `plain` over the seeds both have, with its
     one-sided p-value (that the arm beats `plain`; NaN under two paired seeds): the exact sign-flip permutation
     test over seeds (`stats.paired_greater`), Holm-adjusted over the tasks (the average included) x arms of
-    the experiment, so that no row of its table is below 0.05 by chance more than 5% of the time."""
+    the experiment, so that no row of its table is below 0.05 by chance more than 5% of the time. A task whose
+    `plain` arm did not beat chance (`plain_learned`) learned nothing to compare with: its difference is kept, its
+    p is NaN (no verdict)."""
     values = seed_values(rounds)
+    learned_of = plain_learned(rounds, min_above_chance)
     rows = []
     for (setting, task), group in values.groupby(["setting_id", "task"], sort=False):
         by_arm = {arm: g.set_index("seed")["metric"] for arm, g in group.groupby("arm", sort=False)}
@@ -70,7 +88,8 @@ def mtl_table(rounds: pd.DataFrame) -> pd.DataFrame:
                 paired = len(common)
                 if paired:
                     diff = float(np.mean(a - b))
-                    p = float(paired_greater(a, b)[1])
+                    # no verdict (p) where the dense model learned nothing: the difference is only described
+                    p = float(paired_greater(a, b)[1]) if learned_of.get((setting, task), True) else math.nan
             rows.append({"setting_id": setting, "task": task, "metric_name": g["metric_name"].iloc[0], "arm": arm,
                          "mean": float(metric.mean()), "std": float(metric.std(ddof=1)) if len(metric) > 1 else math.nan,
                          "seeds": int(g["seed"].nunique()), "failed_seeds": int(g["failed"].sum()),

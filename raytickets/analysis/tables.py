@@ -155,7 +155,7 @@ def analyze(
     tables["overlap"] = conform("overlap", overlap(store, matching, load, num_heads))
     supers = ticket_masks(store, rounds, tables["super_tickets"], "super")
     tables["layer_sparsity"] = conform("layer_sparsity", layer_sparsity(matching, supers, load))
-    tables["mtl"] = conform("mtl", mtl_table(raw))
+    tables["mtl"] = conform("mtl", mtl_table(raw, min_above_chance))
     tables["mtl_sharing"] = conform("mtl_sharing", sharing_table(store, chosen_from_rows(raw)))
     # Everything is computed before anything is written: bad input leaves the old analysis in place.
     fs, out = out_location(store, out_dir)
