@@ -84,6 +84,12 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None = torch's default
     progress: bool = True  # a progress bar per fine-tune on a terminal (never inside a sweep)
+    # task mlm, a checkpoint without an MLM head only (the packaged MiniLM): before round 0 the new head and the
+    # top `mlm_warmup_layers` encoder layers train, the rest frozen, until dev accuracy plateaus (mlm_head.py
+    # warm_up_head) or for `mlm_warmup_steps` steps; the warmed model is the rewind point. 0 steps: no warm-up.
+    mlm_warmup_steps: int = 1000
+    mlm_warmup_layers: int = 1
+    mlm_warmup_learning_rate: float = 1e-3
 
     def validate(self, path: str) -> None:
         for name in ("learning_rate", "epochs", "batch_size", "eval_batch_size", "max_grad_norm"):
@@ -99,6 +105,13 @@ class TrainConfig:
             raise ConfigError(f"{path}.weight_decay: {self.weight_decay} must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{path}.threads: {self.threads} must be a positive integer or null")
+        if not isinstance(self.mlm_warmup_steps, int) or self.mlm_warmup_steps < 0:
+            raise ConfigError(f"{path}.mlm_warmup_steps: {self.mlm_warmup_steps!r} must be an integer >= 0 (0: none)")
+        if not isinstance(self.mlm_warmup_layers, int) or self.mlm_warmup_layers < 0:
+            raise ConfigError(f"{path}.mlm_warmup_layers: {self.mlm_warmup_layers!r} must be an integer >= 0 "
+                              f"(0: the head alone)")
+        if not self.mlm_warmup_learning_rate > 0:
+            raise ConfigError(f"{path}.mlm_warmup_learning_rate: {self.mlm_warmup_learning_rate} must be positive")
 
 
 class _PruneBehaviour:
@@ -433,25 +446,31 @@ class SweepConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     max_failures: int = 2  # Tune retries of a trial whose workers died
 
-    def validate(self, path: str = "") -> None:
+    def validate(self, path: str = "", reads_ticket: bool = True) -> None:
+        """`reads_ticket`: whether the sweep's mode trains from the ticket template (its mode says; one that reads
+        none checks that it is unset)."""
         if not self.name or any(c in self.name for c in "/\\ "):
             raise ConfigError(f"name: {self.name!r} must be non-empty, without slashes or spaces")
-        self.ticket.validate("ticket")  # the template of every trial (a mode that reads none checks it is unset)
-        self.search.validate("search", self.ticket)
+        if reads_ticket:
+            self.ticket.validate("ticket")  # the template of every trial
+        self.search.validate("search", self.ticket if reads_ticket else None)
         self.resources.validate("resources")
         if self.max_failures < 0:
             raise ConfigError(f"max_failures: {self.max_failures} must be >= 0")
 
 
 def load(cls=None, path: str | os.PathLike | None = None, overrides: Sequence[str] = (), base: dict | None = None,
-         imp: bool = True):
+         imp: bool = True, validate: bool = True):
     """The one way to make a config: YAML (optional) or `base`, then `key.sub=value` overrides, then validate.
 
-    `cls` is TicketConfig or SweepConfig (default SweepConfig); `imp=False` for a ticket that only fine-tunes.
+    `cls` is TicketConfig or SweepConfig (default SweepConfig); `imp=False` for a ticket that only fine-tunes;
+    `validate=False` for a sweep, whose mode decides what is read (`sweep.tuner.load_config` validates it).
     """
     cls = cls or SweepConfig
     data = read_yaml(path) if path else dict(base or {})
     cfg = build(cls, apply_overrides(data, overrides))
+    if not validate:
+        return cfg
     if cls is TicketConfig:
         cfg.validate(imp=imp)
     else:

@@ -117,7 +117,9 @@ class MTLConfig:
         if self.workers < 0 or self.cpus_per_worker <= 0:
             raise ConfigError(f"workers: {self.workers} must be >= 0 (0 = this process) and cpus_per_worker > 0")
         if self.sweep is not None:
-            self.sweep.validate()
+            from ..sweep.tuner import validate
+
+            validate(self.sweep)
 
     def tickets_root(self) -> str:
         from ..sweep.layout import results_dir

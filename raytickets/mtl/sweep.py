@@ -194,13 +194,15 @@ class MTLSweep(SweepMode):
     summary = "a multi-task experiment (raytickets mtl), one trial per (arm, seed) run"
     uses_scheduler = False
 
+    def reads_ticket(self, cfg: SweepConfig) -> bool:
+        return (cfg.search.mtl or {}).get("tickets") == SELF  # on stored tickets no trajectory is trained
+
     def validate(self, cfg: SweepConfig) -> None:
         if cfg.search.mtl is None:
             raise ConfigError("search.mtl: mtl mode needs the multi-task experiment (tasks, tickets, seeds, arms, ...)")
         if cfg.search.transfer is not None:
             raise ConfigError("search.transfer: not in mtl mode; a sweep runs transfer jobs or multi-task runs")
-        if cfg.search.mtl.get("tickets") != SELF and cfg.ticket != TicketConfig():
-            # on stored tickets no trajectory is trained: the template is not read (and must not be set)
+        if not self.reads_ticket(cfg) and cfg.ticket != TicketConfig():  # not read, so it must not be set
             raise ConfigError("ticket: an mtl sweep on stored tickets (search.mtl.tickets) does not read it; set the "
                               "multi-task runs' data and train in search.mtl, or use search.mtl.tickets: self")
         experiment(cfg)

@@ -44,6 +44,10 @@ class SweepMode(abc.ABC):
     searcher: str | None = None  # "optuna": Tune's OptunaSearch samples the space; None: every trial of the grid
     uses_scheduler: bool = True  # whether `search.scheduler` (ASHA) may stop its trials early
 
+    def reads_ticket(self, cfg: SweepConfig) -> bool:
+        """Whether the trials train from the ticket template (`ticket:`), which is then validated."""
+        return True
+
     def validate(self, cfg: SweepConfig) -> None:
         """One-line ConfigErrors for the fields this mode reads (and those it refuses)."""
 

@@ -34,9 +34,15 @@ MAX_ROUNDS = 1000  # ASHA's max_t: above any trajectory's last round
 def load_config(path: str | None, overrides: list[str]) -> SweepConfig:
     """`config.load` of a sweep, checked by its mode, with its local paths made absolute (Ray workers run in
     other directories)."""
-    cfg = config.load(SweepConfig, path, overrides)
-    modes.of(cfg).validate(cfg)
-    return absolute_paths(cfg)
+    return absolute_paths(validate(config.load(SweepConfig, path, overrides, validate=False)))
+
+
+def validate(cfg: SweepConfig) -> SweepConfig:
+    """The config's own checks, with the ticket template read only where the mode trains from it, then the mode's."""
+    mode = modes.of(cfg)  # an unknown search.mode first: it decides what the rest means
+    cfg.validate(reads_ticket=mode.reads_ticket(cfg))
+    mode.validate(cfg)
+    return cfg
 
 
 def _absolute(path: str) -> str:
