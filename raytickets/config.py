@@ -90,6 +90,12 @@ class TrainConfig:
     mlm_warmup_steps: int = 1000
     mlm_warmup_layers: int = 1
     mlm_warmup_learning_rate: float = 1e-3
+    # task mlm, a checkpoint without an MLM head only (the packaged MiniLM): before round 0 the new head and the
+    # top `mlm_warmup_layers` encoder layers train, the rest frozen, until dev accuracy plateaus (mlm_head.py
+    # warm_up_head) or for `mlm_warmup_steps` steps; the warmed model is the rewind point. 0 steps: no warm-up.
+    mlm_warmup_steps: int = 1000
+    mlm_warmup_layers: int = 1
+    mlm_warmup_learning_rate: float = 1e-3
 
     def validate(self, path: str) -> None:
         for name in ("learning_rate", "epochs", "batch_size", "eval_batch_size", "max_grad_norm"):
@@ -99,6 +105,13 @@ class TrainConfig:
             raise ConfigError(f"{path}.max_steps: {self.max_steps} must be a positive integer or null")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"{path}.warmup_ratio: {self.warmup_ratio} must be in [0, 1)")
+        if not isinstance(self.mlm_warmup_steps, int) or self.mlm_warmup_steps < 0:
+            raise ConfigError(f"{path}.mlm_warmup_steps: {self.mlm_warmup_steps!r} must be an integer >= 0 (0: none)")
+        if not isinstance(self.mlm_warmup_layers, int) or self.mlm_warmup_layers < 0:
+            raise ConfigError(f"{path}.mlm_warmup_layers: {self.mlm_warmup_layers!r} must be an integer >= 0 "
+                              f"(0: the head alone)")
+        if not self.mlm_warmup_learning_rate > 0:
+            raise ConfigError(f"{path}.mlm_warmup_learning_rate: {self.mlm_warmup_learning_rate} must be positive")
         if self.grad_accumulation is not None and self.grad_accumulation < 1:
             raise ConfigError(f"{path}.grad_accumulation: {self.grad_accumulation} must be >= 1 or null")
         if self.weight_decay < 0:

@@ -1,12 +1,16 @@
-"""The MLM model, its sparse-prediction loss and its metric (the `mlm` task's head side; data: mlm.py).
+"""The MLM model, its sparse-prediction loss, its metric and its head (the `mlm` task's head side; data: mlm.py).
 
 The metric runs the vocabulary head on the masked positions only (`SparsePredictionMLM`), never on all
-[N, T, vocab] logits.
+[N, T, vocab] logits. A checkpoint without an MLM head (the packaged MiniLM) gets one warmed up on the corpus
+(`warm_up_head`) before anything is pruned, and IMP rounds carry the head over instead of rewinding it
+(`head_state`), as BERT-Tickets does.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +26,12 @@ from .models import quiet_transformers, resolve_model
 
 
 def load_mlm_model(name: str, seed: int | None = None):
-    """A `BertForMaskedLM` on the pre-trained encoder; `model.bert` is the bare encoder (it has no pooler).
+    """A `BertForMaskedLM` on the pre-trained encoder; `model.bert` is the bare encoder (it has no pooler)."""
+    return load_mlm_model_and_head(name, seed)[0]
+
+
+def load_mlm_model_and_head(name: str, seed: int | None = None):
+    """(`load_mlm_model`'s model, whether its MLM head was in the checkpoint).
 
     A checkpoint without an MLM head (the packaged MiniLM is a bare BertModel) gets one as BERT initialises it,
     checked in tests/test_mlm.py for transformers 5.24: the decoder *is* the word-embedding matrix
@@ -39,7 +48,21 @@ def load_mlm_model(name: str, seed: int | None = None):
                               f"raytickets supports BERT-architecture models")
         if seed is not None:
             torch.manual_seed(seed)
-        return BertForMaskedLM.from_pretrained(path)
+        model, info = BertForMaskedLM.from_pretrained(path, output_loading_info=True)
+    return model, not any(k.startswith("cls.") for k in info["missing_keys"])
+
+
+def head_keys(model) -> list[str]:
+    """The state-dict keys of the MLM head's own tensors: `cls.*` less the decoder tied to the word embeddings
+    (that one is the encoder's, and is rewound with it)."""
+    encoder_storage = {p.data_ptr() for p in model.bert.parameters()}
+    return [k for k, v in model.state_dict().items()
+            if not k.startswith("bert.") and v.data_ptr() not in encoder_storage]
+
+
+def head_state(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The MLM head's own tensors out of a full state dict (`head_keys`)."""
+    return {k: state[k] for k in head_keys(model)}
 
 
 def masked_logits(lm, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,3 +135,92 @@ def mlm_metrics(model, dev, batch_size: int, collate=None) -> dict[str, float]:
         sums += masked_lm_sums(logits, targets)
     lm.train(was_training)
     return metrics_from_sums(reduce_sum(sums))
+
+
+# ------------------------------------------------------------------------------------------------- warm-up
+
+WARMUP_EVERY = 100  # optimiser steps between two dev evaluations of the head warm-up
+WARMUP_MIN_GAIN = 0.005  # a dev-accuracy gain below this over WARMUP_EVERY steps is a plateau: the warm-up stops
+
+
+@dataclass
+class Warmup:
+    """What `warm_up_head` did: its optimiser steps, dev accuracy at each evaluation (step 0 first), its seconds."""
+
+    steps: int = 0
+    accuracy: list[tuple[int, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def plateaued(self) -> bool:
+        """Whether it stopped on the plateau rule rather than at its step budget."""
+        return len(self.accuracy) >= 2 and self.accuracy[-1][1] - self.accuracy[-2][1] < WARMUP_MIN_GAIN
+
+    def line(self) -> str:
+        trace = ", ".join(f"{a:.4f}@{s}" for s, a in self.accuracy)
+        why = "plateau" if self.plateaued else "step budget"
+        return f"mlm head warm-up: {self.steps} steps, {self.seconds:.0f}s, dev accuracy {trace} (stopped: {why})"
+
+
+def warm_up_head(lm, train, dev, *, max_steps: int, layers: int, learning_rate: float, batch_size: int,
+                 eval_batch_size: int, seed: int, precision: str = "fp32", collate=None,
+                 every: int = WARMUP_EVERY, min_gain: float = WARMUP_MIN_GAIN) -> Warmup:
+    """Train `lm`'s MLM head in place, with its top `layers` encoder layers, everything else frozen, until dev
+    accuracy gains less than `min_gain` over `every` steps, or for `max_steps` steps.
+
+    A freshly initialised head (a checkpoint that is a bare encoder) predicts the most frequent token; an IMP
+    round of MLM training from it is spent teaching the head, and the weights barely move, so the "ticket" is
+    one-shot magnitude pruning. The warmed model is the trajectory's rewind point instead. Constant learning
+    rate, AdamW without decay, gradients clipped at 1. Every DDP rank runs the same steps on the same global
+    batches (no communication but the dev metric's sums), so the ranks end with the same weights.
+    """
+    from .distributed import global_order
+    from .precision import autocast
+    from .train import epoch_data
+
+    encoder_layers = lm.bert.encoder.layer
+    if not isinstance(layers, int) or isinstance(layers, bool) or not 0 <= layers <= len(encoder_layers):
+        raise ConfigError(f"train.mlm_warmup_layers: {layers!r}; allowed: an integer from 0 (the head alone) "
+                          f"to {len(encoder_layers)} (every encoder layer)")
+    trainable = [p for k, p in lm.named_parameters() if k.startswith("cls.")]  # the tied decoder is bert.*'s
+    trainable += [p for layer in list(encoder_layers)[len(encoder_layers) - layers:] for p in layer.parameters()]
+    chosen = {id(p) for p in trainable}
+    flags = {name: p.requires_grad for name, p in lm.named_parameters()}
+    for p in lm.parameters():
+        p.requires_grad_(id(p) in chosen)
+    device = next(lm.parameters()).device
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
+    net = SparsePredictionMLM(lm)
+    collate = collate or collate_blocks
+    out, started = Warmup(), time.perf_counter()
+    with autocast(precision, device):
+        out.accuracy.append((0, mlm_metrics(lm, dev, eval_batch_size, collate)["accuracy"]))
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(seed)  # dropout
+    epoch = 0
+    try:
+        while out.steps < max_steps:
+            data = epoch_data(train, epoch)
+            order = global_order(len(data), seed, epoch, True)
+            for start in range(0, len(order), batch_size):
+                batch = {k: v.to(device) for k, v in collate([data[i] for i in order[start:start + batch_size]]).items()}
+                net.train()
+                with autocast(precision, device):
+                    loss = net(**batch).loss
+                loss.float().backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                out.steps += 1
+                if out.steps % every == 0 or out.steps == max_steps:
+                    with autocast(precision, device):
+                        out.accuracy.append((out.steps, mlm_metrics(lm, dev, eval_batch_size, collate)["accuracy"]))
+                    if out.accuracy[-1][1] - out.accuracy[-2][1] < min_gain or out.steps >= max_steps:
+                        return out
+            epoch += 1
+        return out
+    finally:
+        for name, p in lm.named_parameters():
+            p.requires_grad_(flags[name])
+        torch.set_rng_state(generator_state)
+        out.seconds = time.perf_counter() - started

@@ -100,6 +100,9 @@ class RoundRow(TrajectoryColumns):
     training_steps: int | None = None
     wall_seconds: float | None = None
     mask_id: str | None = None
+    # mlm tickets: the share of the mask's pruned weights that one-shot magnitude pruning of the rewind weights
+    # to the same sparsity keeps (0: the ticket is one-shot pruning; ~1 - sparsity: a random mask); else null
+    oneshot_diff: float | None = None
     weights_path: str | None = None  # kept fine-tuned weights, relative to the results root
     source_task: str | None = None
     source_mask_id: str | None = None
@@ -157,6 +160,7 @@ ADDED_IN = {
                     "ffn_granularity", "losing", "rewind_step", "metric_name", "metric_convention",
                     "best_weights_path", "final_weights_path"),
     },
+    3: {"rounds": ("oneshot_diff",)},
 }
 
 

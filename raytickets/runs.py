@@ -32,7 +32,13 @@ GENERIC_PRUNE = ("method", "rounds", "rewind_step", "min_gain", "include", "excl
 # existing results roots: their rounds stay resumable and their rows stay one curve with new ones (open_lth
 # leaves new hyperparameters out of its hashes the same way). A new field joins this list.
 ID_ONLY_WHEN_SET = (("data", "corpus"), ("data", "mlm_probability"), ("data", "mlm_copies"),
-                    ("train", "bucket_by_length"), ("train", "compile"))
+                    ("train", "bucket_by_length"), ("train", "compile"), ("train", "mlm_warmup_steps"),
+                    ("train", "mlm_warmup_layers"), ("train", "mlm_warmup_learning_rate"))
+# ... except in an mlm run's id, which holds the head warm-up settings always: mlm rounds changed meaning when
+# the MLM head began to be warmed up and carried over between rounds (issue 17), so an mlm round stored before
+# must not be resumed as one of today's.
+ID_ALWAYS_FOR_MLM = {("train", "mlm_warmup_steps"), ("train", "mlm_warmup_layers"),
+                     ("train", "mlm_warmup_learning_rate")}
 
 
 def settings(cfg: TicketConfig) -> dict:
@@ -43,6 +49,8 @@ def settings(cfg: TicketConfig) -> dict:
     for section, key in NOT_IN_ID:
         d[section].pop(key, None)
     for section, key in ID_ONLY_WHEN_SET:
+        if cfg.task == "mlm" and (section, key) in ID_ALWAYS_FOR_MLM:
+            continue
         if key in d[section] and d[section][key] == getattr(type(getattr(cfg, section))(), key):
             del d[section][key]
     own = set(GENERIC_PRUNE) | set(cfg.prune.method_impl().hp.__dataclass_fields__)

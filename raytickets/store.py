@@ -36,7 +36,7 @@ from .rows import (  # the row types and schemas
     allowed_methods, as_dict,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # rows.ADDED_IN says what each version added
 META_TABLE = b"raytickets.table"
 META_VERSION = b"raytickets.schema_version"
 

@@ -6,6 +6,11 @@ rewinds to the rewind point (the pre-trained encoder with the same fresh task he
 rewinding every weight of the full model after `rewind_step` steps) and fine-tunes for the rest of the
 schedule: its dev metric is the round's *ticket score*. Baselines are branches hanging off a round
 (`baselines.py`). The loop holds one `RoundState` from round to round; `runs.py` says where it is stored.
+
+On `mlm` only the encoder (`bert.*`) is rewound: the MLM head carries over from the round before, as in
+BERT-Tickets (LT_pretrain.py:216-224 keeps only keys containing 'bert' in the rewind dict), and a checkpoint
+without an MLM head gets a warmed-up one first (mlm_head.warm_up_head), the rewind point. Each mlm ticket row
+says how far its mask is from one-shot magnitude pruning of the rewind weights (`oneshot_diff`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class Prepared:
     collate: Callable
     model: torch.nn.Module
     initial: RewindPoint  # the pre-trained encoder and the freshly initialised head every round starts from
+    warmup: object | None = None  # mlm: the head warm-up that made `initial` (mlm_head.Warmup), if one ran
 
 
 def tokenize(cfg: TicketConfig, tokenizer) -> dict:
@@ -67,16 +73,39 @@ def prepare(cfg: TicketConfig, device: torch.device | str = "cpu") -> Prepared:
     task = get_task(cfg.task)
     tokenizer = load_tokenizer(cfg.model)
     splits = tokenize(cfg, tokenizer)
+    warmup = None
     if task.is_mlm:
         from .mlm import collate_blocks
-        from .mlm_head import load_mlm_model
+        from .mlm_head import load_mlm_model_and_head, warm_up_head
 
-        model, collator = load_mlm_model(cfg.model, seed=cfg.train.seed), collate_blocks
+        (model, pretrained_head), collator = load_mlm_model_and_head(cfg.model, seed=cfg.train.seed), collate_blocks
+        model = model.to(device)
+        t = cfg.train
+        if not pretrained_head and t.mlm_warmup_steps > 0:
+            warmup = warm_up_head(model, splits["train"], splits["dev"], max_steps=t.mlm_warmup_steps,
+                                  layers=t.mlm_warmup_layers, learning_rate=t.mlm_warmup_learning_rate,
+                                  batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, seed=t.seed,
+                                  precision=resolve_precision(t.precision, torch.device(device)))
     else:
         model, collator = load_model(cfg.model, task.num_labels, seed=cfg.train.seed), collate(tokenizer)
     model = model.to(device)
     return Prepared(task=task, train=splits["train"], dev={s: splits[s] for s in task.dev_splits},
-                    collate=collator, model=model, initial=RewindPoint(state_copy(model), 0))
+                    collate=collator, model=model, initial=RewindPoint(state_copy(model), 0), warmup=warmup)
+
+
+def oneshot_diff(mask: Mask, rewind_state: dict[str, torch.Tensor], target: float, scope: str) -> float:
+    """The share of `mask`'s pruned weights that one-shot magnitude pruning of the rewind weights (`bert.*` in
+    `rewind_state`) to the same target and scope keeps: 0 when IMP found nothing one-shot pruning would not
+    have; about 1 - sparsity for a random mask."""
+    from .pruning.magnitude import magnitude_prune
+
+    weights = {name: rewind_state[f"bert.{name}"] for name in mask.names}
+    oneshot = magnitude_prune(weights, Mask.ones_like(weights), target, scope)
+    pruned = sum(int((~t).sum()) for t in mask.tensors.values())
+    if pruned == 0:
+        return 0.0
+    differ = sum(int((~mask.tensors[n] & oneshot.tensors[n]).sum()) for n in mask.names)
+    return differ / pruned
 
 
 def prunable_of(cfg: TicketConfig, model) -> dict[str, torch.nn.Parameter]:
@@ -100,6 +129,7 @@ class RoundState:
     weights: dict[str, torch.Tensor] | None = None
     masks: dict[str, Mask] = field(default_factory=dict)
     chains: dict[str, dict] = field(default_factory=dict)
+    head: dict[str, torch.Tensor] | None = None  # mlm: the MLM head the round's ticket started from
     resumed: bool = False  # read from disk, not trained by this run
     directory: Path | None = None
 
@@ -126,13 +156,21 @@ def round_lines(state: RoundState) -> list[str]:
     (pruned far beyond the overall sparsity: a classifier left on a few hundred weights, say)."""
     tag = " (saved)" if state.resumed else ""
     lines = [f"round {state.round} {row.kind:8s} sparsity {row.sparsity:.4f} {row.metric_name} {row.metric:.4f}"
-             f"{' (failed: scored at chance)' if row.failed else ''}{tag}" for row in state.rows]
+             f"{' (failed: scored at chance)' if row.failed else ''}{_oneshot_note(row)}{tag}" for row in state.rows]
     mask = state.mask if state.mask is not None or not state.rows[0].mask_id else state.mask_of(state.rows[0].mask_id)
     if mask is not None:
         per_tensor = mask.sparsity_per_tensor()
         lines += [f"warning: layer collapse in round {state.round}: {name} is {100 * per_tensor[name]:.1f}% pruned at "
                   f"{100 * mask.sparsity():.1f}% overall" for name in mask.collapsed()]
     return lines
+
+
+def _oneshot_note(row: RoundRow) -> str:
+    if row.oneshot_diff is None:
+        return ""
+    if row.oneshot_diff == 0:
+        return " oneshot_diff 0 (the ticket equals one-shot magnitude pruning of the rewind weights)"
+    return f" oneshot_diff {row.oneshot_diff:.4f}"
 
 
 def _now() -> datetime:
@@ -164,6 +202,10 @@ class Trajectory:
         if self.rank == 0:  # only once the settings are known to work: bad input leaves nothing behind
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "config.json").write_text(json.dumps(runs.settings(cfg), indent=2, default=str))
+            if prep.warmup is not None:  # what the rewind point's MLM head scores (README, mlm)
+                w = prep.warmup
+                (self.dir / "warmup.json").write_text(json.dumps(
+                    {"steps": w.steps, "seconds": w.seconds, "dev_accuracy": w.accuracy, "plateaued": w.plateaued}))
         full, rewind = self._full_model(prep)
         self._context = (prep, params, full, rewind)
         self._emit(on_round, full)
@@ -260,6 +302,27 @@ class Trajectory:
         return finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, self.cfg.train, mask, params,
                         start_step=point.step, desc=desc)
 
+    def _with_head(self, rewind: RewindPoint, head: dict[str, torch.Tensor] | None) -> RewindPoint:
+        """The rewind point with the MLM head replaced by `head` (mlm: only the encoder goes back); else as is."""
+        return rewind if head is None else RewindPoint({**rewind.state, **head}, rewind.step)
+
+    def _carried_head(self, prep: Prepared, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """mlm: the head of the previous round's trained weights, which the next round keeps (BERT-Tickets,
+        LT_pretrain.py:216-224: only 'bert' keys are rewound); None for GLUE (the task head is rewound)."""
+        if not prep.task.is_mlm:
+            return None
+        from .mlm_head import head_state
+
+        return head_state(prep.model, weights)
+
+    def _oneshot_diff(self, mask: Mask, rewind: RewindPoint, target) -> float | None:
+        """mlm rounds of an unstructured method: `oneshot_diff` of the ticket (None elsewhere, so GLUE rows
+        stay as they were)."""
+        scope = getattr(self.method.hp, "scope", None)
+        if not get_task(self.cfg.task).is_mlm or scope is None or not isinstance(target, (int, float)):
+            return None
+        return oneshot_diff(mask, rewind.state, target, scope)
+
     def _round(self, r: int, prep: Prepared, params, prev: RoundState, full: RoundState, rewind: RewindPoint,
                ) -> RoundState:
         cfg, started = self.cfg, _now()
@@ -270,9 +333,12 @@ class Trajectory:
         self.replica_mask_ids[r] = gather(mask.mask_id)
         if len(set(self.replica_mask_ids[r])) != 1:  # DDP replicas must train the same subnetwork
             raise RuntimeError(f"round {r}: ranks hold different masks {self.replica_mask_ids[r]}")
+        head = self._carried_head(prep, prev.weights)
+        rewind = self._with_head(rewind, head)  # the ticket and its baselines start from the carried head
         res = self._train(prep, params, mask, rewind, f"round {r} ticket")
-        rows = [self._row(r, "ticket", mask.sparsity(), res, mask, started, full.rows[0].metric)]
-        state = RoundState(r, rows, mask, state_copy(prep.model), {mask.mask_id: mask}, dict(prev.chains))
+        rows = [replace(self._row(r, "ticket", mask.sparsity(), res, mask, started, full.rows[0].metric),
+                        oneshot_diff=self._oneshot_diff(mask, rewind, target))]
+        state = RoundState(r, rows, mask, state_copy(prep.model), {mask.mask_id: mask}, dict(prev.chains), head)
         for kind in cfg.prune.baselines:
             started = _now()
             b = BASELINES[kind]
@@ -305,6 +371,8 @@ class Trajectory:
             save_file(chain["state"], str(d / f"chain-{kind}.safetensors"))
         if evidence:
             save_file({k: v.contiguous() for k, v in evidence.items()}, str(d / "evidence.safetensors"))
+        if state.head is not None:  # to train the round again once its weights are dropped
+            save_file(state.head, str(d / "head.safetensors"))
         (d / "rows.json").write_text(json.dumps([_plain(row) for row in state.rows], default=str))
 
     def _drop_weights(self, r: int) -> None:
@@ -328,7 +396,8 @@ class Trajectory:
         if agree(path.is_file()):  # every DDP rank loads, or every rank trains
             weights = load_file(str(path))
         else:
-            self._train(prep, params, mask, rewind, f"round {state.round} again")
+            head = load_file(str(d / "head.safetensors")) if prep.task.is_mlm else None
+            self._train(prep, params, mask, self._with_head(rewind, head), f"round {state.round} again")
             weights = state_copy(prep.model)
         chained = {}
         for kind in self.cfg.prune.baselines if chains else ():

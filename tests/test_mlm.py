@@ -523,3 +523,181 @@ def test_a_corpus_for_a_glue_task_is_one_line():
         load(TicketConfig, overrides=["prune.rounds=1", "data.corpus=x.txt"])
     with pytest.raises(ConfigError, match=r"^data.mlm_probability: 1.5 must be in \(0, 1\)"):
         load(TicketConfig, overrides=["task=mlm", "prune.rounds=1", "data.mlm_probability=1.5"])
+
+
+# --------------------------------------------------------- the head: warmed up, carried over, oneshot_diff
+
+
+def _mlm_cfg(tiny_model_dir, glue_dir, tmp_path, **train):
+    from raytickets.config import DataConfig, PruneConfig, TicketConfig, TrainConfig
+
+    return TicketConfig(
+        task="mlm", model=str(tiny_model_dir),
+        data=DataConfig(glue_dir=str(glue_dir), max_seq_length=32, max_train_examples=64, max_dev_examples=16,
+                        mlm_copies=2, cache_dir=str(tmp_path / "cache")),
+        train=TrainConfig(**{"max_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "mlm_warmup_steps": 0, **train}),
+        prune=PruneConfig(rate=0.2, rounds=2),
+    )
+
+
+def test_mlm_rounds_rewind_the_encoder_and_carry_the_head_over(tiny_model_dir, glue_dir, tmp_path, monkeypatch):
+    """BERT-Tickets rewinds only `bert.*` (LT_pretrain.py:216-224): round r's ticket starts from the pre-trained
+    encoder and the head round r-1 trained, and training round r again (its weights dropped) starts there too."""
+    from raytickets import tickets
+    from raytickets.mlm_head import head_keys
+    from raytickets.tickets import Trajectory
+
+    starts, real = [], tickets.finetune
+
+    def spy(model, *args, **kwargs):
+        starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(tickets, "finetune", spy)
+    trained = {}
+    traj = Trajectory(_mlm_cfg(tiny_model_dir, glue_dir, tmp_path), tmp_path / "work")
+    traj.run(on_round=lambda s: trained.setdefault(s.round, s.weights))
+    assert len(starts) == 3  # round 0, rounds 1 and 2 (no baselines)
+    initial, round1, round2 = starts
+    heads = head_keys(load_mlm_model(str(tiny_model_dir)))
+    assert heads and all(k.startswith("cls.") for k in heads) and "cls.predictions.decoder.weight" not in heads
+    for k in heads:  # round 1 keeps round 0's trained head, round 2 round 1's: neither is the initial head
+        assert torch.equal(round1[k], trained[0][k]) and not torch.equal(round1[k], initial[k]), k
+        assert torch.equal(round2[k], trained[1][k]) and not torch.equal(round2[k], trained[0][k]), k
+    for k in initial:  # the encoder (the tied decoder with it) goes back to the rewind point every round
+        if k not in heads:
+            assert torch.equal(round1[k], initial[k]) and torch.equal(round2[k], initial[k]), k
+    saved = load_file_st(traj.round_dir(1) / "head.safetensors")
+    assert saved.keys() == set(heads) and all(torch.equal(saved[k], trained[0][k]) for k in heads)
+    assert not (traj.round_dir(1) / "weights.safetensors").exists()  # dropped: weights_of(1) trains it again
+    again = traj.weights_of(1)
+    assert torch.equal(starts[-1]["cls.predictions.bias"], trained[0]["cls.predictions.bias"])
+    assert all(torch.equal(again[k], trained[1][k]) for k in trained[1])
+
+
+def load_file_st(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_oneshot_diff_is_0_when_training_moved_nothing_and_positive_when_it_did(tiny_model_dir, glue_dir, tmp_path):
+    """A round-1 ticket pruned from weights training did not move is one-shot magnitude pruning of the rewind
+    weights (reported as such in the run log); real training moves the mask away from it. GLUE rows keep
+    oneshot_diff null."""
+    from raytickets.tickets import Trajectory, round_lines
+
+    def run(lr, name):
+        cfg = _mlm_cfg(tiny_model_dir, glue_dir, tmp_path, learning_rate=lr, mlm_warmup_steps=4)
+        cfg.prune.rounds = 1
+        lines, traj = [], Trajectory(cfg, tmp_path / name)
+        rows = traj.run(on_round=lambda s: lines.extend(round_lines(s)))
+        return traj, rows, lines
+
+    still, rows, lines = run(1e-30, "still")  # AdamW steps of ~1e-30: below fp32's resolution of the weights
+    full = load_file_st(still.full_dir / "weights.safetensors")
+    rewind, prunable = still._context[3].state, [f"bert.{name}" for name in still._context[1]]
+    assert all(torch.equal(full[k], rewind[k]) for k in prunable)  # the premise (zero biases move by ~1e-30)
+    ticket = next(r for r in rows if r.kind == "ticket")
+    assert ticket.oneshot_diff == 0.0 and rows[0].oneshot_diff is None
+    assert any("equals one-shot magnitude pruning" in line for line in lines), lines
+    warmup = json.loads((still.dir / "warmup.json").read_text())
+    assert warmup["steps"] == 4 and warmup["dev_accuracy"][0][0] == 0
+
+    _, rows, lines = run(1e-2, "moved")
+    ticket = next(r for r in rows if r.kind == "ticket")
+    assert 0 < ticket.oneshot_diff <= 1
+    assert any(f"oneshot_diff {ticket.oneshot_diff:.4f}" in line for line in lines), lines
+
+
+def test_oneshot_diff_counts_the_tickets_pruned_weights_that_oneshot_keeps():
+    from raytickets.masks import Mask
+    from raytickets.tickets import oneshot_diff
+
+    w = torch.tensor([[0.1, -0.2, 0.3, 0.4], [0.5, -0.6, 0.7, 0.8]])
+    state = {"bert.a": w}
+    oneshot = Mask({"a": w.abs() > 0.25})  # the 2 smallest pruned: 25%
+    assert oneshot_diff(oneshot, state, 0.25, "global") == 0.0
+    one_off = Mask({"a": torch.tensor([[True, False, False, True], [True, True, True, True]])})
+    assert oneshot_diff(one_off, state, 0.25, "global") == 0.5  # prunes 0.2 (one-shot too) and 0.3 (kept by it)
+    assert oneshot_diff(Mask({"a": w.abs() > 0.65}), state, 0.75, "global") == 0.0
+
+
+def test_a_version_2_rounds_file_reads_with_oneshot_diff_null(tmp_path):
+    import pyarrow.parquet as pq
+
+    from raytickets.rows import RoundRow
+    from raytickets.store import ResultsStore, rows_to_table
+
+    row = RoundRow(trial="t", task="mlm", model="m", method="magnitude", seed=0, round=1, kind="ticket",
+                   sparsity=0.3, metric_name="accuracy", metric=0.4, oneshot_diff=0.25)
+    store = ResultsStore(tmp_path)
+    store.write_rounds([row])
+    assert store.rounds()["oneshot_diff"].tolist() == [0.25]
+    v2 = rows_to_table("rounds", [row]).drop_columns(["oneshot_diff"])
+    v2 = v2.replace_schema_metadata({**v2.schema.metadata, b"raytickets.schema_version": b"2"})
+    (tmp_path / "old" / "rounds").mkdir(parents=True)
+    pq.write_table(v2, tmp_path / "old" / "rounds" / "v2.parquet")
+    old = ResultsStore(tmp_path / "old").rounds()
+    assert len(old) == 1 and old["oneshot_diff"].isna().all() and old["metric"].iloc[0] == 0.4
+
+
+def test_warmup_settings_enter_mlm_run_ids_only(tiny_model_dir, glue_dir, tmp_path):
+    """mlm rounds changed meaning (head warm-up, carried head): an mlm id always holds the warm-up settings, so
+    no mlm round stored before resumes as a new one; a GLUE run's id does not change."""
+    from raytickets import runs
+    from raytickets.config import resolve
+
+    mlm_cfg = resolve(_mlm_cfg(tiny_model_dir, glue_dir, tmp_path, mlm_warmup_steps=1000))
+    assert runs.settings(mlm_cfg)["train"]["mlm_warmup_steps"] == 1000
+    glue = resolve(_mlm_cfg(tiny_model_dir, glue_dir, tmp_path, mlm_warmup_steps=1000))
+    glue.task = "sst2"
+    assert not any(k.startswith("mlm_warmup") for k in runs.settings(glue)["train"])
+    glue.train.mlm_warmup_layers = 2  # set away from its default: it enters
+    assert runs.settings(glue)["train"]["mlm_warmup_layers"] == 2
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("mlm_warmup_steps", -1, "train.mlm_warmup_steps: -1 must be an integer >= 0"),
+    ("mlm_warmup_layers", -1, "train.mlm_warmup_layers: -1 must be an integer >= 0"),
+    ("mlm_warmup_learning_rate", 0.0, "train.mlm_warmup_learning_rate: 0.0 must be positive"),
+])
+def test_bad_warmup_settings_are_one_line_errors(field, value, message):
+    from raytickets.config import TicketConfig, load
+
+    with pytest.raises(ConfigError) as exc:
+        load(TicketConfig, overrides=["task=mlm", "prune.rounds=1", f"train.{field}={value}"])
+    one_line_error(exc, message)
+
+
+def test_warmup_layers_beyond_the_encoder_name_the_field(tiny_model_dir, tiny_dev):
+    from raytickets.mlm_head import warm_up_head
+
+    model = load_mlm_model(str(tiny_model_dir), seed=0)
+    with pytest.raises(ConfigError) as exc:
+        warm_up_head(model, PremaskedCorpus([tiny_dev]), tiny_dev, max_steps=1, layers=len(model.bert.encoder.layer) + 1,
+                     learning_rate=1e-3, batch_size=4, eval_batch_size=8, seed=0)
+    one_line_error(exc, "train.mlm_warmup_layers", "allowed")
+
+
+@pytest.mark.slow
+def test_head_warmup_beats_a_random_head_on_minilm_and_glue_sentences(tokenizer, glue_dir, tmp_path, one_thread):
+    """MiniLM is a bare encoder: its new MLM head scores ~0 on dev. Warming up the head and the last layer on the
+    GLUE-sentence corpus (the offline default) lifts dev accuracy clearly, and leaves the rest of the encoder
+    as it was."""
+    from raytickets.mlm_head import load_mlm_model_and_head, warm_up_head
+
+    splits = mlm_splits(tokenizer, "minilm", None, str(glue_dir), max_seq_length=64, max_train_examples=256,
+                        max_dev_examples=48, copies=2, cache_dir=tmp_path)
+    model, pretrained_head = load_mlm_model_and_head("minilm", seed=0)
+    assert not pretrained_head
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    w = warm_up_head(model, splits["train"], splits["dev"], max_steps=60, layers=1, learning_rate=1e-3,
+                     batch_size=8, eval_batch_size=48, seed=0, every=30)
+    after = mlm_metrics(model, splits["dev"], batch_size=48)["accuracy"]
+    assert w.accuracy[0][1] < 0.02 and after == pytest.approx(w.accuracy[-1][1])
+    assert after > w.accuracy[0][1] + 0.05, w.line()
+    last = f"bert.encoder.layer.{len(model.bert.encoder.layer) - 1}."
+    for k, v in model.state_dict().items():
+        moved = not torch.equal(v, before[k])
+        assert moved == (k.startswith(("cls.", last)) and "decoder.weight" not in k), k
