@@ -612,7 +612,7 @@ LEAK = textwrap.dedent("""
     import ray
     from ray.util.placement_group import placement_group, placement_group_table
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-    from raytickets.trial import leftover_placement_groups, remove_leftover_placement_groups
+    from raytickets.sweep.trial import leftover_placement_groups, remove_leftover_placement_groups
 
     ray.init(address=sys.argv[1], log_to_driver=False)
 

@@ -1,6 +1,6 @@
 """The results along the sparsity axis: per-seed values, curves, the full model, super tickets, transfer.
 
-One curve is one (model, method, task, setting_id); the rules are written out in `raytickets.analysis`.
+One curve is one (model, method, task, setting_id); the rules are written out in `raytickets.analysis.tables`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The chosen tickets' masks: which mask is a curve's matching or super ticket, how much two tasks' masks
-share (overlap), and where a ticket prunes (per-layer sparsity, layer collapse). Rules: `raytickets.analysis`.
+share (overlap), and where a ticket prunes (per-layer sparsity, layer collapse). Rules: `analysis.tables` and `curves`.
 """
 
 from __future__ import annotations
