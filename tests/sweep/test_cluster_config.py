@@ -22,7 +22,7 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = REPO / "cluster" / "aws.yaml"
 LOCALHOST = {"127.0.0.1", "localhost", "::1"}
 # `ImageId` values Ray replaces with its built-in default, "Deep Learning AMI (Ubuntu 18.04) V71.0"

@@ -18,10 +18,8 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -29,100 +27,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from raytickets.sweep.cluster import free_port
 from raytickets.store import TMP_PREFIX, TMP_SUFFIX, ResultsStore
-from test_sweep import (_env, _wait_for_port, cli, kill_tree, node_cpus, process_tree, raw_rounds, sweep_config,
-                        trial_results, trials_in_start_order)
+from .ray_helpers import kill_tree, node_cpus, process_tree
+from .test_sweep import cli, raw_rounds, sweep_config, trial_results, trials_in_start_order
 
 pytestmark = pytest.mark.slow
 
 KEY = ["trial", "round", "kind"]  # a round row's key in the results root (store.round_key)
-
-
-# ---------------------------------------------------------------- a cluster of `ray start` processes
-
-
-@dataclass
-class Cluster:
-    address: str
-    env: dict  # token authentication and the state API's address, for every process that joins
-    nodes: list[subprocess.Popen] = field(default_factory=list)  # the head first
-
-    @property
-    def machine(self) -> subprocess.Popen:
-        """The first worker node's `ray start` process: its process tree holds the trials run there."""
-        return self.nodes[1]
-
-    def add_node(self, cpus: int) -> subprocess.Popen:
-        node = subprocess.Popen(
-            ["ray", "start", f"--address={self.address}", f"--num-cpus={cpus}", *_NODE_ARGS,
-             f"--temp-dir={tempfile.mkdtemp(prefix='rt', dir='/tmp')}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env, start_new_session=True)
-        self.nodes.append(node)
-        return node
-
-    def wait_for_nodes(self, n: int, timeout: float = 120) -> dict[str, float]:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            nodes = node_cpus(self.address, self.env)
-            if len(nodes) == n:
-                return nodes
-            time.sleep(1)
-        raise TimeoutError(f"the cluster did not reach {n} nodes in {timeout} s")
-
-    def sweep(self, config: Path, *extra: str, log: Path) -> subprocess.Popen:
-        """`python -m raytickets.sweep --address` in its own session, stdout and stderr to `log`."""
-        return subprocess.Popen(
-            [sys.executable, "-m", "raytickets.sweep", "--config", str(config), "--address", self.address, *extra],
-            stdout=log.open("a"), stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-
-    def run_sweep(self, config: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "raytickets.sweep", "--config", str(config), "--address", self.address, *extra],
-            capture_output=True, text=True, timeout=timeout, env=self.env)
-
-    def python(self, code: str, timeout: int = 120) -> str:
-        """Run `code` as a separate driver (the cluster's address its sys.argv[1]); its stdout."""
-        out = subprocess.run([sys.executable, "-c", code, self.address], capture_output=True, text=True,
-                             timeout=timeout, env=self.env)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return out.stdout
-
-
-_NODE_ARGS = ["--block", "--disable-usage-stats", "--object-store-memory=150000000"]
-
-
-@contextlib.contextmanager
-def ray_cluster(head_cpus: int, worker_cpus: tuple[int, ...] = ()):
-    """A head with `head_cpus` CPUs and one worker node per entry of `worker_cpus`, with token authentication on
-    (one token for every node and driver, as a user's cluster has it: cluster/README.md). Torn down with
-    SIGKILL of each node's whole process tree: nothing it started outlives the test."""
-    port, dash = free_port(), free_port()
-    env = dict(_env(), RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{dash}", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN=os.urandom(16).hex())
-    cluster = Cluster(f"127.0.0.1:{port}", env)
-    cluster.nodes.append(subprocess.Popen(
-        ["ray", "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-         f"--num-cpus={head_cpus}", f"--temp-dir={tempfile.mkdtemp(prefix='rt', dir='/tmp')}", *_NODE_ARGS],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True))
-    try:
-        _wait_for_port(port)
-        for cpus in worker_cpus:
-            cluster.add_node(cpus)
-        cluster.wait_for_nodes(1 + len(worker_cpus))
-        yield cluster
-    finally:
-        for node in reversed(cluster.nodes):
-            kill_tree(node.pid)
-            node.wait()
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A head that runs no trial and one 2-CPU worker node (`cluster.machine`), shared by this file's tests: a sweep
-    by address skips the ~15 s an embedded Ray takes to start, which the driver test would pay ten times."""
-    with ray_cluster(head_cpus=0, worker_cpus=(2,)) as c:
-        yield c
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -1,16 +1,15 @@
 """The distributed sweep against real Ray: Optuna + per-task ASHA on gain, the results read end to end, resume after
 a SIGKILL mid-trajectory, DDP weight for weight, two nodes, transfer, the smoke config, bad input.
 
-Every sweep runs as `python -m raytickets.sweep` in a subprocess with its own Ray temp dir (a short path:
-Ray's unix sockets live there) and dashboard port, as a user runs it; nothing here calls `ray stop`.
+Every sweep runs as `python -m raytickets.sweep` in a subprocess, as a user runs it: by address on the folder's
+shared cluster (conftest.py), or, where the embedded Ray is the point (the README's smoke run, a driver killed
+with its Ray), with an embedded Ray of its own temp dir (a short path: Ray's unix sockets live there) and
+dashboard port; nothing here calls `ray stop`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import yaml
 from raytickets.sweep.cluster import free_port
 from raytickets.store import ResultsStore
 
+from .ray_helpers import _env, kill_tree
+
 pytestmark = pytest.mark.slow
 
 
@@ -35,7 +36,7 @@ def ray_tmp():
     yield path
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def sweep_config(tmp_path: Path, tiny_model_dir, glue_dir, **sections) -> Path:
@@ -72,12 +73,6 @@ def run_sweep(config: Path, ray_tmp: str, *extra: str, timeout: int = 600, **pop
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), **popen)
 
 
-def _env() -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
 def raw_rounds(results: Path):
     """Every row in the rounds files as written (no read-side deduplication)."""
     return ds.dataset(str(results / "rounds"), format="parquet").to_table().to_pandas()
@@ -100,33 +95,6 @@ def trials_in_start_order(storage: Path) -> list[dict]:
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "raytickets.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=_env())
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and every process descended from it (Ray's workers run in process groups of their own)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo += children.get(pid, [])
-    return tree
-
-
-def kill_tree(root: int) -> None:
-    """SIGKILL a driver and every process it started, all at once: a dead machine, not a shutdown."""
-    for pid in process_tree(root):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def mid_trajectory(work: Path) -> str | None:
@@ -187,7 +155,7 @@ def test_resume_of_a_directory_without_a_sweep_fails_cleanly(tmp_path, tiny_mode
     assert "holds no sweep to resume" in proc.stderr
 
 
-def test_two_ddp_workers_train_what_one_worker_trains_weight_for_weight(tmp_path, glue_dir, ray_tmp):
+def test_two_ddp_workers_train_what_one_worker_trains_weight_for_weight(tmp_path, glue_dir, cluster):
     """Two gloo workers on batches of 8 against one process on batches of 16, structured pruning: every
     global batch is split between the ranks and DDP averages their gradients, so the weights after
     training, the importance scores (summed over ranks before any mask is chosen or broadcast) and the
@@ -207,7 +175,7 @@ def test_two_ddp_workers_train_what_one_worker_trains_weight_for_weight(tmp_path
         ticket__train={"batch_size": 8, "max_steps": 3},  # a global batch of 16, split over two ranks
         ticket__prune={"method": "structured", "head_fraction": 0.5, "ffn_fraction": 0.5, "rate": 0.1, "rounds": 2},
     )
-    proc = run_sweep(config, ray_tmp)
+    proc = cluster.run_sweep(config)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (trial,) = trial_results(tmp_path / "storage")
     for report in trial["reports"]:
@@ -239,7 +207,7 @@ def test_two_ddp_workers_train_what_one_worker_trains_weight_for_weight(tmp_path
 
 
 def test_a_packed_grid_trains_each_point_once_as_its_own_trial_of_the_results(tmp_path, tiny_model_dir, glue_dir,
-                                                                               ray_tmp):
+                                                                               cluster):
     """`search.trajectories_per_trial: 2` on a three-point grid: two Tune trials (one Ray Train start-up each) train
     the three trajectories an unpacked sweep would, each its own `trial` in the rows with its own ticket row, the
     same metrics and masks as the trajectory run alone; `--resume` afterwards rewrites nothing."""
@@ -252,7 +220,7 @@ def test_a_packed_grid_trains_each_point_once_as_its_own_trial_of_the_results(tm
         search={"mode": "grid", "space": {"task": {"values": ["rte"]}, "prune.rate": {"values": [0.2, 0.3, 0.4]}},
                 "num_samples": 1, "scheduler": "none", "trajectories_per_trial": 2},
         ticket__train={"threads": 1})  # numbers that do not depend on the threads a process got
-    proc = run_sweep(config, ray_tmp)
+    proc = cluster.run_sweep(config)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "packed: 3 grid points as 2 trial(s) of up to 2 trajectories" in proc.stdout
     trials = trial_results(tmp_path / "storage")
@@ -275,26 +243,6 @@ def test_a_packed_grid_trains_each_point_once_as_its_own_trial_of_the_results(tm
         assert packed == alone, rate
 
 
-def node_cpus(address: str, env: dict) -> dict[str, float]:
-    """Node id -> CPUs of the cluster at `address`, read from Ray's own node table by a separate driver."""
-    code = ("import json, ray; ray.init(address=%r, log_to_driver=False); "
-            "print(json.dumps({n['NodeID']: n['Resources'].get('CPU', 0) for n in ray.nodes() if n['Alive']}))" % address)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -305,9 +253,9 @@ def _wait_for_port(port: int, timeout: float = 60) -> None:
         ("search.space.prune.rate.high=1.2", "error: search.space.prune.rate: 1.2 must be in (0, 1)"),
     ],
 )
-def test_bad_sweep_input_is_one_line_before_any_trial(tmp_path, tiny_model_dir, glue_dir, ray_tmp, override, message):
+def test_bad_sweep_input_is_one_line_before_any_trial(tmp_path, tiny_model_dir, glue_dir, cluster, override, message):
     config = sweep_config(tmp_path, tiny_model_dir, glue_dir)
-    proc = run_sweep(config, ray_tmp, override, timeout=180)
+    proc = cluster.run_sweep(config, override, timeout=180)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(message), last
@@ -322,7 +270,7 @@ def test_unreachable_address_is_one_line(tmp_path, tiny_model_dir, glue_dir):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --address: cannot reach 127.0.0.1:")
 
 
-def test_transfer_sweep_writes_one_row_per_source_target_and_seed(tmp_path, tiny_model_dir, glue_dir, ray_tmp):
+def test_transfer_sweep_writes_one_row_per_source_target_and_seed(tmp_path, tiny_model_dir, glue_dir, cluster):
     """Transfer as Chen et al. ran it, end to end on the tiny BERT: a results root from `raytickets imp` (SST-2
     tickets at 30% and 51%), then a transfer sweep of the 51% ticket to RTE over two seeds: one transfer row per
     (source ticket, target, seed), a random mask per (target, level, seed), and the target's own ticket trained
@@ -337,7 +285,7 @@ def test_transfer_sweep_writes_one_row_per_source_target_and_seed(tmp_path, tiny
                                   "trajectories_per_trial": 3,  # six jobs in two trials: two Train start-ups
                                   "transfer": {"source": str(source), "targets": ["rte"], "levels": [0.51],
                                                "seeds": [0, 1]}})
-    proc = run_sweep(config, ray_tmp)
+    proc = cluster.run_sweep(config)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "packed: 6 grid points as 2 trial(s)" in proc.stdout
     raw = raw_rounds(source)
@@ -372,7 +320,7 @@ def test_the_smoke_config_runs_as_shipped_on_a_tiny_model(tmp_path, tiny_model_d
 
 
 def test_the_mlm_transfer_config_is_one_command_of_two_stages_and_resumes_without_duplicates(
-        tmp_path, tiny_model_dir, glue_dir, ray_tmp):
+        tmp_path, tiny_model_dir, glue_dir, cluster):
     """configs/mlm-transfer.yaml (`search.transfer.source: self`) as shipped but for the model and the amount of
     work: stage 1 finds IMP tickets on mlm and SST-2, stage 2 transfers the MLM ticket to SST-2 next to SST-2's own
     ticket (read from stage 1, not retrained), into one results root; `--resume` afterwards restores both stages
@@ -393,7 +341,7 @@ def test_the_mlm_transfer_config_is_one_command_of_two_stages_and_resumes_withou
     cfg["search"]["transfer"].update(sources=["mlm"], targets=["sst2"], seeds=[0], random=False)  # random: above
     config = tmp_path / "mlm-transfer.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    proc = run_sweep(config, ray_tmp, timeout=900)
+    proc = cluster.run_sweep(config, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== stage 1/2: mlm-transfer ==" in proc.stdout and "== stage 2/2: mlm-transfer-transfer ==" in proc.stdout
     results = tmp_path / "storage" / "mlm-transfer" / "results"
@@ -407,7 +355,7 @@ def test_the_mlm_transfer_config_is_one_command_of_two_stages_and_resumes_withou
     assert len(tickets.query("task == 'sst2'")) == 2  # SST-2's own ticket was read, not trained again
     assert not (tmp_path / "storage" / "mlm-transfer-transfer" / "work").exists()  # stage 2 used stage 1's work dir
 
-    again = run_sweep(config, ray_tmp, "--resume")
+    again = cluster.run_sweep(config, "--resume")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     after = raw_rounds(results)
     assert len(after) == len(raw) and not after.duplicated(["trial", "round", "kind", "task", "source_task"]).any()
