@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 
 from .atomic import TMP_PREFIX, TMP_SUFFIX, write_file_atomically  # noqa: F401  (TMP_*: the names a reader skips)
 from .errors import ResultsError
-from .rows import (  # the row types and schemas
-    ADDED_IN, SCHEMAS, RoundRow, TicketRow, allowed_kinds,
+from .rows import (  # noqa: F401  (the row types and schemas, read from here by the store's users)
+    ADDED_IN, MASKS_SCHEMA, ROUNDS_SCHEMA, SCHEMAS, TICKETS_SCHEMA, MaskRow, RoundRow, TicketRow, allowed_kinds,
     allowed_methods, as_dict,
 )
 
