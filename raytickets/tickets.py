@@ -205,7 +205,8 @@ class Trajectory:
             if prep.warmup is not None:  # what the rewind point's MLM head scores (README, mlm)
                 w = prep.warmup
                 (self.dir / "warmup.json").write_text(json.dumps(
-                    {"steps": w.steps, "seconds": w.seconds, "dev_accuracy": w.accuracy, "plateaued": w.plateaued}))
+                    {"steps": w.steps, "seconds": w.seconds, "dev_accuracy": w.accuracy,
+                     "dev_perplexity": w.perplexity, "plateaued": w.plateaued}))
         full, rewind = self._full_model(prep)
         self._context = (prep, params, full, rewind)
         self._emit(on_round, full)
