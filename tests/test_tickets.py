@@ -720,8 +720,11 @@ def test_minilm_leaves_its_pooler_dense_and_collapse_is_reported(tiny_model_dir,
     assert "warning: layer collapse in round 1: pooler.dense.weight is 100.0% pruned at 30.0% overall" in out
     from raytickets.analysis.tables import analyze
 
-    layers = analyze(tmp_path / "out")["layer_sparsity"]
-    assert layers.loc[layers["layer"] == "pooler", "collapsed"].all()
+    # the tiny model learns nothing: a margin of -1 lets its levels be judged, so there is a ticket whose layers
+    # the table reports (the chance rule itself: tests/analysis/test_analysis.py)
+    layers = analyze(tmp_path / "out", min_above_chance=-1.0)["layer_sparsity"]
+    pooler = layers.loc[layers["layer"] == "pooler", "collapsed"]
+    assert len(pooler) and pooler.all(), layers  # not vacuous: the pooler's rows exist
 
 
 def test_two_settings_in_one_results_root_are_two_curves(tiny_model_dir, glue_dir, cache_dir, tmp_path, capsys):
