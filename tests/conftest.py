@@ -1,6 +1,6 @@
 """Shared fixtures: the real GLUE TSVs from ../shared/glue, a tiny random BERT, and synthetic TSVs of the GLUE tasks
 the shared folder lacks (STS-B, MNLI) for the tests that need them. (Sweep tests start their own private Ray per
-test, in a subprocess: see test_sweep.py.)"""
+test, in a subprocess: see sweep/test_sweep.py; tests/sweep/ shares one cluster among its tests: sweep/conftest.py.)"""
 
 from __future__ import annotations
 

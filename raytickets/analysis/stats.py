@@ -1,7 +1,7 @@
 """The statistics behind the super ticket: level choice, paired (sign-flip) and Welch tests, Holm, held-out confirmation.
 
 Every function works on the last axis (seeds) or the last two (levels x seeds) and broadcasts over any
-leading axes, so the analysis (one curve) and the simulations in tests/test_stats.py (thousands of
+leading axes, so the analysis (one curve) and the simulations in tests/analysis/test_stats.py (thousands of
 simulated sweeps in one call) run exactly the same code. A NaN is a seed missing at a level (it stopped
 early, or has no full-model value) and is left out of that level only.
 """
@@ -69,7 +69,7 @@ def sign_flip_greater(d: np.ndarray, scale: np.ndarray | float | None = None) ->
     Sums within FLIP_TIE x `scale` (default: the sum of |d|; `paired_greater` passes the metric values'
     size, the size of their rounding) are ties: accuracies k/rows summed in another order differ in the
     last bits. scipy.stats.permutation_test computes the same p, but its tie tolerance is relative to the
-    observed sum and misses those near 0 (tests/test_stats.py shows a case), and it keeps every pattern's
+    observed sum and misses those near 0 (tests/analysis/test_stats.py shows a case), and it keeps every pattern's
     sum in memory; hence these lines.
     """
     d = np.asarray(d, dtype=float)

@@ -35,7 +35,7 @@ rule applied in code, never picked from a plot:
   the seeds (in seed order) and tests it, by the same permutation test, on the other half. `p_welch`
   (unpaired, unadjusted, the best level tested on the seeds that chose it) is kept for comparison only:
   with no effect, in simulated sweeps of 10 levels x 10 seeds, it is below 0.05 in up to 22% of them (17%
-  with 3 seeds), `p_selection` in about 3% (never with 3 seeds) (tests/test_stats.py);
+  with 3 seeds), `p_selection` in about 3% (never with 3 seeds) (tests/analysis/test_stats.py);
 * phase transition: the curve rises above the full-model mean at some sparsity > 0 and falls below it
   at a higher sparsity;
 * a full model that did not learn: its mean is not above its chance value (`chance_metric`: the majority

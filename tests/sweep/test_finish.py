@@ -6,7 +6,7 @@ from __future__ import annotations
 from raytickets.config import SweepConfig, load
 from raytickets.sweep.tickets import GRID
 
-from test_analysis import at_chance_root  # tests/ is on sys.path (its conftest.py)
+from analysis.test_analysis import at_chance_root  # tests/ is on sys.path: the test packages import by name
 
 
 def test_the_closing_table_says_did_not_learn_and_names_no_ticket_for_a_task_at_chance(tmp_path, capsys):

@@ -375,7 +375,7 @@ def test_the_raytickets_cli_has_the_export_command():
 def at_chance_store(root: Path) -> ResultsStore:
     """RTE's full model at 0.48 against a 0.505 chance on 200 dev examples (did not learn), its best level 0.53 at
     30%; SST-2 learned (0.80 against 0.51). Every ticket has a stored mask."""
-    from test_analysis import curve_rows, dev_setting
+    from analysis.test_analysis import curve_rows, dev_setting
 
     store = ResultsStore(root)
     shapes = {"encoder.layer.0.attention.self.query.weight": (8, 8)}

@@ -198,7 +198,7 @@ def test_an_analysis_written_with_other_columns_is_redone(tmp_path):
 def test_every_curve_has_a_chance_line_and_a_task_that_did_not_learn_no_star(tmp_path):
     from raytickets.analysis.report import curve_figure
 
-    from test_analysis import at_chance_root
+    from .test_analysis import at_chance_root
 
     at_chance_root(tmp_path)  # rte: full 0.48 against chance 0.505 (did not learn); sst2: 0.80 against 0.51
     tables = analysis.analyze(tmp_path)

@@ -37,7 +37,7 @@ from raytickets.tasks import chance_metrics, get_task
 from raytickets.tickets import Trajectory
 from raytickets.train import make_optimizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASKS = ("sst2", "rte")
 HEAD_DIM = 8  # the tiny BERT: 32 wide, 4 heads, 2 layers, 64 FFN neurons
 FAST = TrainConfig(max_steps=2, batch_size=8, eval_batch_size=32, learning_rate=1e-3, warmup_ratio=0.0)
@@ -834,7 +834,7 @@ def test_an_mtl_sweep_trains_each_arm_and_seed_as_a_trial_and_never_a_stored_run
     training, so a resumed or rerun sweep never writes a run twice."""
     import tempfile
 
-    from test_sweep import run_sweep, trial_results
+    from sweep.test_sweep import run_sweep, trial_results
 
     config = mtl_sweep_config(tmp_path, tickets_root, data_cfg)
     run(plan(mtl_cfg(tickets_root, tmp_path / "out", data_cfg, seeds=[0], arms=["plain"])))  # stored before
@@ -879,7 +879,7 @@ def test_mtl_tickets_self_is_the_ticket_grid_then_the_mtl_sweep_on_its_results(c
     from raytickets.sweep.layout import results_dir, work_dir
     from raytickets.sweep.tuner import load_config, stages
 
-    config = str(Path(__file__).resolve().parents[1] / "configs" / "liang2021-mtl-sweep.yaml")
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "liang2021-mtl-sweep.yaml")
     tickets, runs = stages(load_config(config, []))
     assert (tickets.search.mode, tickets.search.mtl, tickets.search.scheduler) == ("grid", None, "none")
     assert set(tickets.search.space) == {"task", "train.seed"}
