@@ -137,6 +137,16 @@ def mlm_metrics(model, dev, batch_size: int, collate=None) -> dict[str, float]:
     return metrics_from_sums(reduce_sum(sums))
 
 
+def mlm_chance(dev) -> float:
+    """The accuracy of always predicting the dev split's most frequent masked token: MLM's chance value (a model
+    that learned nothing but the frequency prior, e.g. always "the", scores this, not 0)."""
+    import numpy as np
+
+    labels = np.asarray(dev.with_format("numpy")["labels"] if hasattr(dev, "with_format") else dev["labels"]).ravel()
+    labels = labels[labels != IGNORE]
+    return float(np.bincount(labels).max() / labels.size) if labels.size else 0.0
+
+
 # ------------------------------------------------------------------------------------------------- warm-up
 
 WARMUP_EVERY = 100  # optimiser steps between two dev evaluations of the head warm-up

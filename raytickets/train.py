@@ -291,12 +291,12 @@ def evaluate(model: nn.Module, task: TaskSpec, dev_data: Mapping[str, object], c
     `with_chance`: also the same metrics of a constant predictor (the majority class; 0 for correlations),
     the value a collapsed run is scored at.
     """
-    if task.is_mlm:  # masked positions only; a constant predictor is not a meaningful floor for a vocabulary
-        from .mlm_head import mlm_metrics
+    if task.is_mlm:  # masked positions only; chance: always the most frequent masked token of the dev blocks
+        from .mlm_head import mlm_chance, mlm_metrics
 
         with autocast(precision, device_of(model)):
             metrics = mlm_metrics(model, dev_data["dev"], batch_size, collate)
-        chance = {"accuracy": 0.0, "perplexity": math.nan}
+        chance = {"accuracy": mlm_chance(dev_data["dev"]), "perplexity": math.nan}
         return (metrics, chance) if with_chance else metrics
     metrics: dict[str, float] = {}
     chance: dict[str, float] = {}

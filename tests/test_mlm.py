@@ -717,3 +717,20 @@ def test_head_warmup_beats_a_random_head_on_minilm_and_glue_sentences(tokenizer,
     for k, v in model.state_dict().items():
         moved = not torch.equal(v, before[k])
         assert moved == (k.startswith(("cls.", last)) and "decoder.weight" not in k), k
+
+
+def test_mlm_chance_is_the_share_of_the_most_frequent_masked_token(tiny_lm, tiny_dev):
+    """Issue 17 item 1: MLM's chance value is always predicting the dev blocks' most frequent masked token (the
+    frequency prior a head learns first), measured on the dev blocks, not 0."""
+    from datasets import Dataset
+
+    from raytickets.mlm_head import mlm_chance
+    from raytickets.tasks import get_task
+    from raytickets.train import evaluate
+
+    hand = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5, 6]], "labels": [[IGNORE, 7, 9], [7, IGNORE, 7]]})
+    assert mlm_chance(hand) == pytest.approx(3 / 4)  # 7 is three of the four masked targets
+    labels = np.array(tiny_dev["labels"]).ravel()
+    _, counts = np.unique(labels[labels != IGNORE], return_counts=True)
+    _, chance = evaluate(tiny_lm, get_task("mlm"), {"dev": tiny_dev}, collate_blocks, 64, with_chance=True)
+    assert chance["accuracy"] == pytest.approx(counts.max() / counts.sum()) and chance["accuracy"] > 0.02
