@@ -4,6 +4,9 @@ A config says *what* to run, never *how*. Every field is checked when the config
 an out-of-range value fails with one line naming the field, the value and what is allowed — before any
 data is read, any model loaded or any cluster started. `validate()` only checks; defaults that depend on
 other fields (the model's learning rate, per-task settings) are filled in by `resolve()`.
+
+Past ~400 lines on purpose: it is the one typed schema of everything a user can set (data, train, prune, the
+ticket, search, resources, the sweep), and one file is what `docs` and the CLI help are read from.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Both loaders return the same thing: a `datasets.Dataset` with columns `text_a`, `text_b` (None for
 single-sentence tasks) and `label` (class index in the `nyu-mll/glue` label order; float score for STS-B),
 so everything downstream is blind to where the data came from.
+
+Past ~400 lines on purpose: the task table, its two loaders and the tokenised cache change together
+(a new task is a row here and the loaders must read it).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ On `mlm` only the encoder (`bert.*`) is rewound: the MLM head carries over from 
 BERT-Tickets (LT_pretrain.py:216-224 keeps only keys containing 'bert' in the rewind dict), and a checkpoint
 without an MLM head gets a warmed-up one first (mlm_head.warm_up_head), the rewind point. Each mlm ticket row
 says how far its mask is from one-shot magnitude pruning of the rewind weights (`oneshot_diff`).
+
+Past ~400 lines on purpose: the round loop, its resume from disk and the row it records are one state
+machine (`RoundState`) that reads best top to bottom; baselines, methods and storage already live elsewhere.
 """
 
 from __future__ import annotations

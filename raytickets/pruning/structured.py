@@ -6,6 +6,9 @@ Liang et al. score a unit by E_x |∂L(x)/∂g| over the training set: the absol
 cancel; `per_batch` takes |∂(batch-mean loss)/∂g| per batch instead (Michel et al.'s code). A structured
 ticket is an ordinary `Mask`: a head's Q/K/V rows and attention-output columns, a neuron's intermediate
 row and output column, a whole FFN sublayer's two matrices and its output bias.
+
+Past ~400 lines on purpose: importance scoring, unit selection and building the mask are one method's
+parts, tested together against Liang et al.'s counts.
 """
 
 from __future__ import annotations
