@@ -159,9 +159,12 @@ def learned(full_mean: float, chance: float, margin: float) -> bool:
 def level_stats(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Mean, sample std, seed count and failed-seed count over the seeds of each group of `keys`."""
     frame = values.assign(unknown=values["metric"].isna())
+    if "oneshot_diff" not in frame:  # rows written before schema 3
+        frame = frame.assign(oneshot_diff=math.nan)
     out = frame.groupby(keys, as_index=False, sort=True).agg(
         metric_name=("metric_name", "first"), metric_convention=("metric_convention", "first"), mean=("metric", "mean"),
         std=("metric", "std"), seeds=("seed", "nunique"), failed_seeds=("failed", "sum"), unknown=("unknown", "any"),
+        oneshot_diff=("oneshot_diff", lambda s: s.astype(float).mean()),  # NaN where no row measured it (GLUE)
     )
     out.loc[out["unknown"], ["mean", "std"]] = math.nan  # a seed without a value: the level has no mean
     return out.drop(columns="unknown")

@@ -86,7 +86,7 @@ ANALYSIS_SCHEMAS: dict[str, pa.Schema] = {
     "curves": _schema(
         *_CURVE, ("kind", _S), ("metric_name", _S), ("metric_convention", _S),
         ("sparsity", _F), ("mean", _F), ("std", _F), ("seeds", _I),
-        ("failed_seeds", _I), ("trajectories", _I),
+        ("failed_seeds", _I), ("trajectories", _I), ("oneshot_diff", _F),
     ),
     "super_tickets": _schema(
         *_CURVE, ("metric_name", _S), ("metric_convention", _S),
@@ -261,7 +261,24 @@ def summary_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
     """The summary rows as a Markdown table (what `raytickets analyze` prints and summary.md holds)."""
     lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in summary_rows(tables)]
-    return "\n".join(lines) + "\n" + mtl_markdown(tables)
+    return "\n".join(lines) + "\n" + oneshot_markdown(tables) + mtl_markdown(tables)
+
+
+def oneshot_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
+    """Where a curve's tickets measured `oneshot_diff` (mlm): per level, the share of the ticket's pruned weights
+    that one-shot magnitude pruning of the rewind weights would keep, mean over seeds; 0 says the "ticket" is
+    one-shot pruning, and training moved no weight across the threshold. "" when no curve measured it."""
+    curves = tables["curves"]
+    measured = curves[(curves["kind"] == "ticket") & curves["oneshot_diff"].notna()]
+    if measured.empty:
+        return ""
+    lines = ["\n## Tickets against one-shot magnitude pruning (`oneshot_diff`)\n"]
+    for key, group in measured.groupby(CURVE_KEY, sort=True):
+        levels = ", ".join(f"{_pct(r.sparsity)}: {r.oneshot_diff:.4f}" + (" (equals one-shot pruning)"
+                                                                          if r.oneshot_diff == 0 else "")
+                           for r in group.sort_values("sparsity").itertuples())
+        lines.append(f"- {key[2]} ({key[1]}, setting {str(key[3])[:8]}): {levels}")
+    return "\n".join(lines) + "\n"
 
 
 def mtl_markdown(tables: Mapping[str, pd.DataFrame]) -> str:

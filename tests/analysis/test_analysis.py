@@ -667,3 +667,23 @@ def test_a_task_whose_plain_multitask_arm_did_not_learn_gets_no_mtl_verdict():
     assert table.loc[("sst2", "tickets_share"), "p_vs_plain"] < 0.05
     judged = mtl_table(pd.DataFrame(rows), min_above_chance=-1.0).set_index(["task", "arm"])  # every task judged
     assert judged.loc[("rte", "tickets_share"), "p_vs_plain"] < 0.05
+
+
+def test_tickets_that_equal_oneshot_pruning_are_named_in_the_summary():
+    """Issue 17 item 5: the analysis says how far each mlm ticket is from one-shot magnitude pruning of its rewind
+    weights (`oneshot_diff`, mean over seeds per level) and names a level where it is one-shot pruning."""
+    from raytickets.analysis.curves import level_stats
+    from raytickets.analysis.tables import oneshot_markdown
+
+    rows = pd.DataFrame({
+        "model": "m", "method": "magnitude", "task": "mlm", "setting_id": "abcdef123", "kind": "ticket",
+        "sparsity": [0.3, 0.3, 0.51, 0.51], "seed": [0, 1, 0, 1], "metric": [0.1, 0.12, 0.09, 0.1],
+        "metric_name": "accuracy", "metric_convention": "glue", "failed": False, "oneshot_diff": [0.0, 0.0, 0.01, 0.03],
+    })
+    stats = level_stats(rows, ["model", "method", "task", "setting_id", "kind", "sparsity"])
+    assert list(stats["oneshot_diff"]) == pytest.approx([0.0, 0.02])
+    text = oneshot_markdown({"curves": stats})
+    assert "mlm (magnitude, setting abcdef12): 30.0%: 0.0000 (equals one-shot pruning), 51.0%: 0.0200" in text
+    glue = level_stats(rows.drop(columns="oneshot_diff").assign(task="sst2"),
+                       ["model", "method", "task", "setting_id", "kind", "sparsity"])
+    assert glue["oneshot_diff"].isna().all() and oneshot_markdown({"curves": glue}) == ""
