@@ -25,9 +25,21 @@ def test_an_unknown_mode_is_one_line_naming_the_registered_ones():
     assert str(info.value) == "search.mode: unknown mode 'random'; allowed: grid, mtl, optuna"
 
 
+def _register(tmp_path, monkeypatch, module: str, source: str, entry: str) -> None:
+    """A package outside raytickets on sys.path: `module`.py with `source`, and a dist-info whose entry point
+    `entry` (name = module:attr) is in the sweep-modes group; the registry's cache is cleared to see it."""
+    (tmp_path / f"{module}.py").write_text(source)
+    info = tmp_path / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[raytickets.sweep_modes]\n{entry}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modes._registered.cache_clear()
+
+
 def test_a_package_outside_raytickets_adds_a_mode_with_one_entry_point(tmp_path, monkeypatch):
     """What CONTRIBUTING's "Add a sweep mode" promises: one module and one registration, nothing in the sweep."""
-    (tmp_path / "echo_mode.py").write_text(textwrap.dedent('''
+    _register(tmp_path, monkeypatch, "echo_mode", textwrap.dedent('''
         from raytickets.sweep.modes import SweepMode, TrialJob
 
         class Echo(SweepMode):
@@ -40,13 +52,7 @@ def test_a_package_outside_raytickets_adds_a_mode_with_one_entry_point(tmp_path,
                 return TrialJob(result=lambda: {"x": params["x"]})
 
         MODE = Echo()
-    '''))
-    info = tmp_path / "echo_mode-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-mode\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[raytickets.sweep_modes]\necho = echo_mode:MODE\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    modes._registered.cache_clear()
+    '''), "echo = echo_mode:MODE")
     try:
         assert "echo" in modes.names()
         echo = modes.get("echo")
@@ -58,13 +64,7 @@ def test_a_package_outside_raytickets_adds_a_mode_with_one_entry_point(tmp_path,
 
 
 def test_an_entry_point_that_is_not_a_sweep_mode_is_refused(tmp_path, monkeypatch):
-    (tmp_path / "not_a_mode.py").write_text("MODE = object()\n")
-    info = tmp_path / "not_a_mode-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: not-a-mode\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[raytickets.sweep_modes]\nbogus = not_a_mode:MODE\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    modes._registered.cache_clear()
+    _register(tmp_path, monkeypatch, "not_a_mode", "MODE = object()\n", "bogus = not_a_mode:MODE")
     try:
         with pytest.raises(ConfigError, match="'bogus' is registered as not_a_mode:MODE, which is not a SweepMode"):
             modes.get("bogus")
