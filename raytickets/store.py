@@ -5,6 +5,7 @@ Layout under a results root (a local directory or any URI `pyarrow.fs.FileSystem
     <root>/rounds/<hash of key>.parquet    one file per round row, key (trial, round, kind)
     <root>/masks/<mask_id>.parquet         one file per mask, one row per tensor
     <root>/tickets/<hash of trial>.parquet one file per finished trajectory
+    <root>/sweeps/<name>-<digest>.json     what each sweep ran with: resolved config, versions, start times
 
 One small file per key means rewriting a key replaces its file (a retried round never duplicates a row),
 and a file is written under a temporary name (prefix `.tmp-`, suffix `.partial`) and renamed into place,
@@ -227,6 +228,30 @@ class ResultsStore:
             raise ResultsError(f"{self.display(path)}: weights file is not in results dir {self.root}")
         with self.fs.open_input_stream(path) as f:
             return load(f.read())
+
+    def write_sweep_record(self, record: Mapping[str, Any]) -> None:
+        """Store what a sweep ran with (`name`, `config_digest`, its resolved `config`, `started_at`, `versions`)
+        as `<root>/sweeps/<name>-<digest>.json`, for the report's header and cost. A resumed sweep keeps its first
+        record and adds its start to `resumed_at`. JSON: a reader never unpickles it."""
+        path = self.path("sweeps", f"{record['name']}-{record['config_digest']}.json")
+        if self._exists(path):
+            with self.fs.open_input_stream(path) as f:
+                old = json.loads(f.read())
+            record = {**old, "resumed_at": [*old.get("resumed_at", []), record["started_at"]]}
+        write_bytes_atomic(json.dumps(record, indent=1, sort_keys=True, default=str).encode(), self.fs, path)
+
+    def sweep_records(self) -> list[dict]:
+        """Every stored sweep record (`write_sweep_record`), oldest start first; [] for results written without."""
+        selector = pafs.FileSelector(self.path("sweeps"), allow_not_found=True)
+        records = []
+        for info in self.fs.get_file_info(selector):
+            if info.type == pafs.FileType.File and info.base_name.endswith(".json") and not info.base_name.startswith("."):
+                with self.fs.open_input_stream(info.path) as f:
+                    try:
+                        records.append(json.loads(f.read()))
+                    except ValueError as exc:
+                        raise ResultsError(f"{self.display(info.path)}: not a sweep record ({first_line(exc)})") from None
+        return sorted(records, key=lambda r: str(r.get("started_at", "")))
 
     def has_mask(self, mask_id: str) -> bool:
         return self._exists(self.path("masks", f"{mask_id}.parquet"))

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
+import platform
 
 from ..config import SweepConfig
+from ..loader import to_dict
+from ..runs import digest
+
+# The packages whose versions can change a sweep's numbers, recorded with it for the report's header.
+RECORDED_VERSIONS = ("raytickets", "torch", "transformers", "ray", "optuna", "pyarrow", "numpy")
 
 
 def sweep_dir(cfg: SweepConfig) -> str:
@@ -23,3 +31,17 @@ def work_dir(cfg: SweepConfig) -> Path:
 
 def results_dir(cfg: SweepConfig) -> str:
     return cfg.results_dir or f"{sweep_dir(cfg)}/results"
+
+
+def sweep_record(cfg: SweepConfig) -> dict:
+    """What a sweep runs with, stored next to its results (`ResultsStore.write_sweep_record`): the resolved
+    config, its digest, the start time and the package versions; the report reads it for its header and cost."""
+    config = to_dict(cfg)
+    versions = {"python": platform.python_version()}
+    for name in RECORDED_VERSIONS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"name": cfg.name, "config_digest": digest(config), "config": config,
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions}

@@ -25,7 +25,8 @@ from ..config import SweepConfig
 from ..errors import ConfigError, RayticketsError
 from . import modes
 from .cluster import check_resources, check_storage, connect
-from .layout import sweep_dir, work_dir
+from ..store import ResultsStore
+from .layout import results_dir, sweep_dir, sweep_record, work_dir
 from .trial import remove_leftover_placement_groups, trial_driver
 
 MAX_ROUNDS = 1000  # ASHA's max_t: above any trajectory's last round
@@ -211,6 +212,7 @@ def run_stage(cfg: SweepConfig, address: str | None = None, resume: bool = False
     print(mode.describe(cfg, state, space), flush=True)
     started = time.time()
     mode.prepare(cfg, state)
+    ResultsStore(results_dir(cfg)).write_sweep_record(sweep_record(cfg))  # the report's header and cost
     grid = make_tuner(cfg, space, restore=resume).fit()
     errors = [r.error for r in grid if r.error is not None]
     print(f"\nsweep finished in {time.time() - started:.0f} s; {len(grid)} trial(s), {len(errors)} failed")
