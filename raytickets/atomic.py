@@ -41,30 +41,95 @@ class exclusive:
 
 
 def write_dir_atomically(final: Path, write: Callable[[Path], Any], replace: bool = False,
-                         mode: int | None = None) -> Any:
+                         mode: int | None = None, sweep_stale: bool = False) -> Any:
     """Let `write` fill a private temp dir beside `final`, then rename it into place: `final` is complete or absent.
 
     Two writers of the same key (identical by construction) race harmlessly: the first copy is kept. With
     `replace`, an existing `final` is renamed aside only once the new one is complete, then deleted. `mode` sets
-    the published directory's permissions (mkdtemp's are 0700). Returns what `write` returned.
+    the published tree's permissions, directories `mode` and files `mode & 0o666` (0o755: dirs 0755, files 0644;
+    mkdtemp's 0700 would hide an export from every other user and container). `sweep_stale` first removes the
+    temp dirs of earlier writers of `final` on this host whose process is gone (killed beyond any cleanup, e.g.
+    SIGKILL); only for a `final` that one host writes. Returns what `write` returned.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=final.parent))
+    if sweep_stale:
+        remove_stale(final)
+    # The writer's pid in the name: what tells a later sweep whether the writer is still alive.
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-{os.getpid()}-", dir=final.parent))
     try:
         out = write(tmp)
         if mode is not None:
-            os.chmod(tmp, mode)
+            set_modes(tmp, mode)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if replace and final.is_dir():
-        aside = final.with_name(f".old-{final.name}-{tmp.name.rsplit('-', 1)[-1]}")
+        aside = final.with_name(f"{OLD_PREFIX}{final.name}-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}")
         os.rename(final, aside)
         os.rename(tmp, final)
         shutil.rmtree(aside, ignore_errors=True)
     else:
         publish(tmp, final)
     return out
+
+
+OLD_PREFIX = ".old-"
+
+
+def set_modes(root: Path, mode: int) -> None:
+    """Directories under `root` (itself included) get `mode`, files `mode & 0o666` (no execute bit)."""
+    for d, _, files in os.walk(root):
+        os.chmod(d, mode)
+        for name in files:
+            os.chmod(os.path.join(d, name), mode & 0o666)
+
+
+def remove_stale(final: Path) -> list[Path]:
+    """Delete the `.tmp-<name>-<pid>-*` / `.old-<name>-<pid>-*` dirs beside `final` whose process no longer runs."""
+    import re
+
+    removed = []
+    for prefix in (TMP_PREFIX, OLD_PREFIX):
+        # mkdtemp's random part has no "-": `.tmp-out-1-123-x` (a writer of `out-1`) never reads as pid 1 of `out`
+        pattern = re.compile(re.escape(f"{prefix}{final.name}-") + r"(\d+)-[A-Za-z0-9_]+")
+        for entry in final.parent.glob(f"{prefix}{final.name}-*"):
+            match = pattern.fullmatch(entry.name)
+            if match and entry.is_dir() and not _alive(int(match.group(1))):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+@contextlib.contextmanager
+def terminate_cleanly():
+    """While the block runs, SIGTERM (`kill`, `timeout`, a scheduler's stop) raises SystemExit in the main thread,
+    so `write_dir_atomically`'s cleanup runs as it does on Ctrl-C; without it the process dies where it stands
+    and leaves its temp dir. Elsewhere than the main thread nothing changes (signals go to the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def publish(tmp: Path, final: Path) -> None:

@@ -260,8 +260,15 @@ def summary_rows(tables: Mapping[str, pd.DataFrame]) -> list[list[str]]:
 def summary_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
     """The summary rows as a Markdown table (what `raytickets analyze` prints and summary.md holds)."""
     lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in summary_rows(tables)]
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in summary_rows(tables)]
     return "\n".join(lines) + "\n" + oneshot_markdown(tables) + mtl_markdown(tables)
+
+
+def md_cell(value) -> str:
+    """A value as Markdown text that stays one table cell: a `|` or a newline in a user's string (a model path, a
+    setting label) would end the cell or the row, `<` would open HTML, `\\` would escape what follows."""
+    text = str(value).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    return " ".join(text.splitlines())
 
 
 def oneshot_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
@@ -277,7 +284,7 @@ def oneshot_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
         levels = ", ".join(f"{_pct(r.sparsity)}: {r.oneshot_diff:.4f}" + (" (equals one-shot pruning)"
                                                                           if r.oneshot_diff == 0 else "")
                            for r in group.sort_values("sparsity").itertuples())
-        lines.append(f"- {key[2]} ({key[1]}, setting {str(key[3])[:8]}): {levels}")
+        lines.append(f"- {md_cell(key[2])} ({md_cell(key[1])}, setting {md_cell(str(key[3])[:8])}): {levels}")
     return "\n".join(lines) + "\n"
 
 

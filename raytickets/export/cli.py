@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+from ..atomic import terminate_cleanly
 from ..errors import ConfigError, ResultsError
 from ..models import quiet_transformers
 from ..store import ResultsStore
@@ -31,7 +32,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                    help="hf: masked dense HF model (+ shrunk/ when structured); onnx: model.onnx; mask: mask.safetensors")
     e.add_argument("--out", required=True, help="output directory (absent or empty, unless --force)")
     e.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    e.add_argument("--glue-dir", help="GLUE TSV directory: re-measure the dev metric from the exported files")
+    e.add_argument("--glue-dir", help="GLUE TSV directory: re-measure the dev metric from the exported files, on the "
+                                      "run's dev rows and on the whole dev set (the card's model-index)")
     e.set_defaults(func=cmd_export)
     return e
 
@@ -53,7 +55,7 @@ def cmd_export(args) -> int:
                              seed=args.seed, setting=args.setting, need_weights=args.format != "mask")
     if args.glue_dir is not None and args.format != "mask":
         data_settings(ticket)  # a row without settings cannot be re-scored: say so before anything is written
-    with quiet_transformers():
+    with quiet_transformers(), terminate_cleanly():  # a `kill` mid-export leaves no temp dir behind
         report = publish_dir(out, lambda d: WRITERS[args.format](store, ticket, d, args.glue_dir), args.force)
     print(summary(ticket, report, out))
     return 0
@@ -92,5 +94,9 @@ def summary(ticket: Ticket, report: Report, out: Path) -> str:
                      f"copy would take {megabytes(sparse)} vs {megabytes(dense)} dense ({dense / sparse:.2f}x smaller); "
                      f"they buy no speed on CPU")
     for what, value in report.dev.items():
-        lines.append(f"dev {r['metric_name']} from {what}: {value:.4f} (recorded {r['metric']:.4f})")
+        lines.append(f"dev {r['metric_name']} from {what}: {value:.4f} (recorded {r['metric']:.4f}, "
+                     f"{report.dev_rows} dev rows)")
+    if report.full_dev is not None:
+        what, value, rows = report.full_dev
+        lines.append(f"full dev set ({rows} rows) {r['metric_name']} from {what}: {value:.4f} (the card's model-index)")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,9 @@ class Report:
     onnx_gap: float | None = None  # max |logit| difference, onnxruntime vs torch
     sparse_bytes: tuple[int, int] | None = None  # (sparse-aware copy, dense copy), unstructured tickets
     residual_sparsity: float = 0.0  # fraction of the prunable weights left in the model as zeros
-    dev: dict[str, float] = field(default_factory=dict)  # which exported files -> their dev metric
+    dev: dict[str, float] = field(default_factory=dict)  # which exported files -> their dev metric on the run's rows
+    dev_rows: int | None = None  # the run's dev rows (all dev splits), re-scored for `dev`
+    full_dev: tuple[str, float, int] | None = None  # (which files, metric, rows) on the whole GLUE dev set
 
 
 FLOPS_LENGTH = 128
@@ -68,16 +71,47 @@ def ticket_model(store: ResultsStore, ticket: Ticket):
     return masked(model, ticket.mask).eval()
 
 
+# shrunk/config.json names what it is: transformers knows no such model type, and the per-layer lists fail stock
+# BertConfig's validation, so every plain loader (AutoModel, BertFor….from_pretrained, even with
+# ignore_mismatched_sizes=True, which used to re-initialise 60 tensors) refuses the folder instead of mis-loading it.
+SHRUNK_MODEL_TYPE = "raytickets_shrunk_bert"
+SHRUNK_ARCHITECTURE = "RayticketsShrunkBertForSequenceClassification"
+SHRUNK_LOADER = "raytickets.export.load_shrunk"
+
+
+def save_shrunk(model, structure: Structure, d: Path) -> None:
+    """The shrunk model in `d`: its weights, `shrink.json` (the kept units) and a config.json no plain loader takes."""
+    model.save_pretrained(d)
+    structure.save(d / SHRINK_FILE)
+    config = json.loads((d / "config.json").read_text())
+    config.update({
+        "model_type": SHRUNK_MODEL_TYPE, "architectures": [SHRUNK_ARCHITECTURE],
+        "num_attention_heads": [len(h) for h in structure.heads],
+        "intermediate_size": [len(n) for n in structure.neurons],
+        "raytickets": {"loader": f"{SHRUNK_LOADER}(DIR)", "base_model_type": config["model_type"],
+                       "num_attention_heads": structure.num_heads, "intermediate_size": structure.intermediate_size},
+    })
+    (d / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def load_shrunk(directory: str | os.PathLike):
     """The shrunk model of an `hf` export (DIR or DIR/shrunk): a BertForSequenceClassification whose layers have
     the kept heads and FFN neurons only, built from `shrink.json` and loaded strictly from `model.safetensors`."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     d = Path(directory)
     d = d / SHRUNK_DIR if (d / SHRUNK_DIR / SHRINK_FILE).is_file() else d
     structure = Structure.load(d / SHRINK_FILE)
-    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(d))
+    config = json.loads((d / "config.json").read_text())
+    dense = config.pop("raytickets", None)
+    if dense is not None:  # the dense config it was cut from; exports before the shrunk model type have none
+        config.update(model_type=dense["base_model_type"], num_attention_heads=dense["num_attention_heads"],
+                      intermediate_size=dense["intermediate_size"])
+        config.pop("architectures", None)
+    config = CONFIG_MAPPING[config["model_type"]].from_dict(config)
+    model = AutoModelForSequenceClassification.from_config(config)
     reshape_layers(model, structure)
     model.load_state_dict(load_file(str(d / "model.safetensors")), strict=True)
     return model.eval()
@@ -164,16 +198,23 @@ def max_logit_gap(a: torch.nn.Module, b: torch.nn.Module, vocab_size: int) -> fl
 # ---------------------------------------------------------------- the dev metric, from the exported files
 
 
-def dev_data(ticket: Ticket, glue_dir: str | os.PathLike):
+def dev_data(ticket: Ticket, glue_dir: str | os.PathLike, full: bool = False):
     """(task, dev splits, collate) as the run tokenised them: its data settings (from the row's `settings`), its
-    tokenizer, the same tokenised-split cache key."""
+    tokenizer, the same tokenised-split cache key. `full`: every dev row instead of the run's subsample (and one
+    train row: only dev is scored, and tokenising a whole train split would cost more than the scoring)."""
     data = data_settings(ticket)
     task = get_task(ticket.row["task"])
     tokenizer = load_tokenizer(ticket.row["model"])
+    limits = ((1, None) if full else (data.get("max_train_examples"), data.get("max_dev_examples")))
     splits = tokenized_splits(task, tokenizer, resolve_model(ticket.row["model"]), str(glue_dir),
-                              max_seq_length=data["max_seq_length"], max_train_examples=data.get("max_train_examples"),
-                              max_dev_examples=data.get("max_dev_examples"), seed=data.get("seed", 0))
+                              max_seq_length=data["max_seq_length"], max_train_examples=limits[0],
+                              max_dev_examples=limits[1], seed=data.get("seed", 0))
     return task, {s: splits[s] for s in task.dev_splits}, collate(tokenizer)
+
+
+def dev_rows(dev) -> int:
+    """Rows over the dev splits of `dev_data` (MNLI: matched + mismatched)."""
+    return sum(len(split) for split in dev[1].values())
 
 
 def data_settings(ticket: Ticket) -> dict:

@@ -30,6 +30,7 @@ class Ticket:
     level: list[dict[str, Any]] = field(default_factory=list)  # ticket rows of its task, setting, sparsity
     # The analysis' verdict on its curve (`analysis.best_tickets`): chance, min_above_chance, learned, full_mean.
     curve: dict[str, Any] = field(default_factory=dict)
+    trajectory: dict[str, Any] = field(default_factory=dict)  # its `tickets` row (rounds run), once it finished
 
     @property
     def settings(self) -> dict:
@@ -82,7 +83,7 @@ def find_ticket(store: ResultsStore, task: str | None = None, *, best: bool = Fa
     level = rows[same & (rows["sparsity"].map(_level) == _level(chosen["sparsity"]))]
     level = level.sort_values("metric", ascending=False, kind="stable").drop_duplicates("seed").sort_values("seed")
     ticket = Ticket(row=chosen, mask=store.load_mask(chosen["mask_id"]), level=level.to_dict("records"),
-                    curve=_verdict(store, chosen))
+                    curve=_verdict(store, chosen), trajectory=_trajectory(store, chosen))
     if best and ticket.curve and not ticket.curve["learned"]:  # said once the ticket is found, never beside an error
         from ..analysis.tables import did_not_learn
 
@@ -100,6 +101,16 @@ def _verdict(store: ResultsStore, row: dict) -> dict:
         if key(b) == key(row):  # the analysis names a curve without a setting_id ""
             return {k: b[k] for k in ("chance", "min_above_chance", "learned", "full_mean")}
     return {}
+
+
+def _trajectory(store: ResultsStore, row: dict) -> dict:
+    """The `tickets` row of the ticket's trial ({} while it runs, or with no tickets table yet)."""
+    try:
+        summaries = store.tickets()
+    except ResultsError:
+        return {}
+    mine = summaries[summaries["trial"] == row["trial"]]
+    return mine.iloc[0].to_dict() if len(mine) else {}
 
 
 def _with_mask(mask_id: str | None) -> str:

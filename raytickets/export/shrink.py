@@ -1,8 +1,8 @@
 """Physical shrinking of a ticket: attention heads and FFN neurons the mask removes entirely are cut out of the
 weight matrices, so the model is smaller and faster instead of dense with zeros.
 
-transformers 5 no longer has `PreTrainedModel.prune_heads` (and never removed FFN neurons), so this is
-raytickets' own code. The rule that makes it exact: a head reaches the residual stream only through its
+transformers 5 no longer has `PreTrainedModel.prune_heads` (and never removed FFN neurons), so which units go is
+decided here; cutting a matrix is transformers' `pytorch_utils.prune_linear_layer`. The rule that makes it exact: a head reaches the residual stream only through its
 d columns of `attention.output.dense`, and an FFN neuron only through its column of `output.dense`. When the
 mask prunes those outgoing columns entirely, the unit adds exactly 0 — its biases included (a head with
 zeroed Q/K/V rows still emits its value bias, which the zeroed columns then drop) — so removing it, incoming
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import prune_linear_layer
 
 from ..errors import MaskError
 from ..masks import Mask
@@ -104,26 +105,11 @@ def structure_of(mask: Mask, config) -> Structure:
     return Structure(tuple(heads), tuple(neurons), H, I)
 
 
-def _rows(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
-    """A Linear keeping only these output units (weight rows and bias entries)."""
-    out = nn.Linear(linear.in_features, len(index), bias=linear.bias is not None, dtype=linear.weight.dtype,
-                    device=linear.weight.device)
-    with torch.no_grad():
-        out.weight.copy_(linear.weight[index])
-        if linear.bias is not None:
-            out.bias.copy_(linear.bias[index])
-    return out
-
-
-def _cols(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
-    """A Linear keeping only these input units (weight columns; the bias is the whole output's)."""
-    out = nn.Linear(len(index), linear.out_features, bias=linear.bias is not None, dtype=linear.weight.dtype,
-                    device=linear.weight.device)
-    with torch.no_grad():
-        out.weight.copy_(linear.weight[:, index])
-        if linear.bias is not None:
-            out.bias.copy_(linear.bias)
-    return out
+def _keep(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A Linear keeping only these output units (dim 0: weight rows and bias entries) or input units (dim 1: weight
+    columns; the bias is the whole output's): transformers' own `prune_linear_layer`, in the layer's dtype (it
+    builds the new layer in the default dtype)."""
+    return prune_linear_layer(linear, index, dim=dim).to(linear.weight.dtype)
 
 
 def _head_rows(heads: tuple[int, ...], d: int) -> torch.Tensor:
@@ -147,12 +133,12 @@ def _cut(model: nn.Module, structure: Structure) -> nn.Module:
     for layer, heads, neurons in zip(encoder(model).encoder.layer, structure.heads, structure.neurons):
         rows, units = _head_rows(heads, d), torch.tensor(neurons, dtype=torch.long)
         attn = layer.attention.self
-        attn.query, attn.key, attn.value = _rows(attn.query, rows), _rows(attn.key, rows), _rows(attn.value, rows)
+        attn.query, attn.key, attn.value = (_keep(m, rows, 0) for m in (attn.query, attn.key, attn.value))
         # Only informative since the forward infers the head count from the projections' width; kept true.
         attn.num_attention_heads, attn.all_head_size = len(heads), len(heads) * d
-        layer.attention.output.dense = _cols(layer.attention.output.dense, rows)
-        layer.intermediate.dense = _rows(layer.intermediate.dense, units)
-        layer.output.dense = _cols(layer.output.dense, units)
+        layer.attention.output.dense = _keep(layer.attention.output.dense, rows, 1)
+        layer.intermediate.dense = _keep(layer.intermediate.dense, units, 0)
+        layer.output.dense = _keep(layer.output.dense, units, 1)
     return model
 
 

@@ -6,14 +6,17 @@
   tokenizer), loadable by plain `AutoModelForSequenceClassification.from_pretrained(DIR)`, and a model card
   `README.md`. When the mask removes whole heads or FFN neurons (a structured ticket), `DIR/shrunk/` also
   holds the *physically shrunk* model (`shrink.py`): a stock BertConfig cannot express per-layer head counts
-  and FFN widths, so its shapes are in `shrunk/shrink.json` and `load_shrunk(DIR)` rebuilds it (plain
-  transformers refuses that folder with a size-mismatch error rather than loading it wrongly).
+  and FFN widths, so its kept units are in `shrunk/shrink.json`, its config.json has its own model type and
+  per-layer sizes (so every plain transformers loader refuses the folder rather than loading it wrongly), and
+  `load_shrunk(DIR)` rebuilds it.
 * `onnx`: DIR holds `model.onnx` — the shrunk model for a structured ticket, the masked dense one otherwise —
   with dynamic batch and sequence axes (inputs `input_ids`, `attention_mask`, `token_type_ids`, int64;
   output `logits`), plus config, tokenizer and card. onnxruntime runs it as is.
 * `mask`: DIR holds `mask.safetensors` (for `raytickets finetune --mask`) and `ticket.json`.
 
-Every check runs before anything is written; DIR is filled as a temp dir beside it and renamed into place.
+Every check runs before anything is written; DIR is filled as a temp dir beside it and renamed into place,
+readable by all (0755/0644). With `--glue-dir` the dev metric is measured from the written files on the run's
+dev rows and, for the card's model-index, on the whole GLUE dev set.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from .shrink import (
 )
 from ..store import ResultsStore
 from .model import (  # noqa: F401  (load_shrunk, OnnxModel: the export API, importable from here)
-    FLOPS_LENGTH, ONNX_FILE, SHRUNK_DIR, OnnxModel, Report, data_settings, dev_data, dev_metric, load_shrunk,
-    max_logit_gap, ticket_model, write_onnx,
+    FLOPS_LENGTH, ONNX_FILE, SHRUNK_DIR, OnnxModel, Report, data_settings, dev_data, dev_metric, dev_rows,
+    load_shrunk, max_logit_gap, save_shrunk, ticket_model, write_onnx,
 )
 from .select import Ticket
 from .card import model_card, provenance
@@ -78,15 +81,13 @@ def write_hf(store: ResultsStore, ticket: Ticket, d: Path, glue_dir: str | None)
     _check_gap(max_logit_gap(plain, model, model.config.vocab_size), "the saved model's logits")
     loaded = {"model.safetensors (plain transformers)": plain}
     if small is not None:
-        small.save_pretrained(d / SHRUNK_DIR)
-        report.structure.save(d / SHRUNK_DIR / SHRINK_FILE)
+        save_shrunk(small, report.structure, d / SHRUNK_DIR)
         shrunk = load_shrunk(d)
         report.shrink_gap = max_logit_gap(shrunk, model, model.config.vocab_size)
         _check_gap(report.shrink_gap, "the shrunk model's logits")
         loaded[f"{SHRUNK_DIR}/ (load_shrunk)"] = shrunk
     if glue_dir is not None:
-        dev = dev_data(ticket, glue_dir)
-        report.dev = {what: dev_metric(m, ticket, dev) for what, m in loaded.items()}
+        _score(ticket, glue_dir, report, loaded)
     _finish(d, ticket, report)
     return report
 
@@ -107,9 +108,21 @@ def write_onnx_dir(store: ResultsStore, ticket: Ticket, d: Path, glue_dir: str |
     report.onnx_gap = max_logit_gap(session, model, model.config.vocab_size)
     _check_gap(report.onnx_gap, "onnxruntime's logits")
     if glue_dir is not None:
-        report.dev = {f"{ONNX_FILE} (onnxruntime)": dev_metric(session, ticket, dev_data(ticket, glue_dir))}
+        _score(ticket, glue_dir, report, {f"{ONNX_FILE} (onnxruntime)": session})
     _finish(d, ticket, report)
     return report
+
+
+def _score(ticket: Ticket, glue_dir: str, report: Report, loaded: dict) -> None:
+    """The dev metric from the exported files: each on the run's dev rows (what it recorded), the first on the
+    whole GLUE dev set (what the card's model-index states; the run's rows are often a seeded subsample)."""
+    dev = dev_data(ticket, glue_dir)
+    report.dev = {what: dev_metric(m, ticket, dev) for what, m in loaded.items()}
+    report.dev_rows = dev_rows(dev)
+    what, model = next(iter(loaded.items()))
+    full = dev if data_settings(ticket).get("max_dev_examples") is None else dev_data(ticket, glue_dir, full=True)
+    rows = dev_rows(full)
+    report.full_dev = (what, report.dev[what] if rows == report.dev_rows else dev_metric(model, ticket, full), rows)
 
 
 def write_mask(store: ResultsStore, ticket: Ticket, d: Path, glue_dir: str | None) -> Report:
@@ -147,4 +160,6 @@ def publish_dir(out: Path, write: Callable[[Path], Report], force: bool) -> Repo
         check_out(out, force)
         return report
 
-    return write_dir_atomically(out, checked, replace=True)
+    # 0755/0644: an export is for other users and containers to read (mkdtemp's 0700 would hide it); a temp dir
+    # left by an export killed beyond cleanup (SIGKILL) is swept first.
+    return write_dir_atomically(out, checked, replace=True, mode=0o755, sweep_stale=True)

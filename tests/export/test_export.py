@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from huggingface_hub import ModelCard
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
 
 from raytickets import cli
 from raytickets.errors import RayticketsError
 from raytickets.export import OnnxModel, load_shrunk
 from raytickets.export.card import model_card
 from raytickets.export.cli import register_cli
-from raytickets.export.model import Report, ticket_model
+from raytickets.analysis.tables import md_cell
+from raytickets.export.model import Report, save_shrunk, ticket_model
 from raytickets.export.select import find_ticket
 from raytickets.masks import Mask
 from raytickets.models import DEFAULT_INCLUDE, load_model, load_tokenizer, prunable_parameters, resolve_model
@@ -131,8 +134,22 @@ def test_hf_export_is_a_plain_transformers_model_with_the_recorded_dev_metric(st
     dev = run_dev_split(row, tokenizer, glue_dir, cache_dir)
     metric = evaluate(model, task, {"dev": dev}, collate(tokenizer), 16)[row["metric_name"]]
     assert abs(metric - row["metric"]) <= 1e-4
-    assert f"(recorded {row['metric']:.4f})" in stdout
+    assert f"(recorded {row['metric']:.4f}, {ROWS} dev rows)" in stdout
     assert f"from model.safetensors (plain transformers): {metric:.4f}" in stdout
+
+    # The card's model-index (read back by huggingface_hub) states the metric with the rows it was scored on: the
+    # whole GLUE dev set, measured at export from the written files, then the run's own seeded subsample.
+    full_dev = tokenized_splits(task, tokenizer, resolve_model(row["model"]), str(glue_dir), max_seq_length=32,
+                                max_train_examples=1, cache_dir=cache_dir)["dev"]
+    assert len(full_dev) == 872
+    full_metric = evaluate(model, task, {"dev": full_dev}, collate(tokenizer), 64)["accuracy"]
+    results = ModelCard.load(out / "README.md").data.eval_results
+    assert [(r.metric_type, r.dataset_type, r.dataset_config, r.dataset_split) for r in results] == \
+        [("accuracy", "nyu-mll/glue", "sst2", "validation")] * 2
+    assert results[0].metric_value == pytest.approx(full_metric, abs=1e-6) and "full dev set, 872 rows" in \
+        results[0].metric_name
+    assert results[1].metric_value == pytest.approx(row["metric"]) and f"{ROWS} of 872 dev rows" in results[1].metric_name
+    assert f"full dev set (872 rows) accuracy from model.safetensors (plain transformers): {full_metric:.4f}" in stdout
 
     # It is the stored ticket: on every dev row the logits of the kept weights with the mask applied (a tiny
     # random BERT often predicts one class, so the metric alone would not tell), and pruned weights exactly 0.
@@ -163,35 +180,73 @@ def test_a_regression_ticket_scores_its_recorded_pearson_from_both_exported_mode
     for model in (plain, load_shrunk(tmp_path / "out")):
         pearson = evaluate(model, get_task("stsb"), {"dev": dev}, collate(tokenizer), 16)["pearson"]
         assert abs(pearson - row["metric"]) <= 1e-4
-    assert f"(recorded {row['metric']:.4f})" in stdout
+    assert f"(recorded {row['metric']:.4f}, " in stdout
 
 
-def test_the_card_has_the_hub_front_matter_and_every_setting(structured_root, glue_dir, tmp_path, capsys):
+def test_the_card_has_the_hub_metadata_what_set_the_sparsity_and_every_setting(structured_root, glue_dir, tmp_path,
+                                                                                 capsys):
     out = tmp_path / "card"
     assert export(capsys, structured_root, "--task", "sst2", "--best", "--seed", "1", "--out", out)[0] == 0
     text = (out / "README.md").read_text()
-    front = yaml.safe_load(text.split("---\n")[1])
-    assert front["tags"][:2] == ["pruning", "lottery-ticket"] and front["library_name"] == "transformers"
-    assert front["datasets"] == ["nyu-mll/glue"] and front["metrics"] == ["accuracy"]
+    data = ModelCard.load(out / "README.md").data
+    assert data.tags[:2] == ["pruning", "lottery-ticket"] and data.library_name == "transformers"
+    assert data.datasets == ["nyu-mll/glue"] and data.metrics == ["accuracy"]
     row = exported_row(structured_root, out)
     assert int(row["seed"]) == 1
+    # No --glue-dir: the one model-index entry is the run's metric, on the rows it was scored on.
+    [result] = data.eval_results
+    assert result.metric_value == pytest.approx(row["metric"]) and f"{ROWS} of 872 dev rows" in result.metric_name
+    assert f"| dev rows scored by the run | {ROWS} of the 872 dev rows |" in text
     for value in (row["mask_id"], row["run_id"], row["setting_id"], f"{row['sparsity']:.4f}", f"{row['metric']:.4f}",
                   f"{row['full_metric']:.4f}", "structured", "| exported seed (round) | 1 "):
         assert value in text, value
     seeds_line = text.split("seeds at this sparsity")[1].splitlines()[0]
     assert "| 0: " in seeds_line and ", 1: " in seeds_line  # both seeds of the level, with their metrics
+    # What set the sparsity (the setting id leaves these out): the fractions, this round, the rounds run.
+    sparsity = text.split("## What set the sparsity")[1].split("## Settings")[0]
+    for line in ("| head_fraction | 0.5 |", "| ffn_fraction | 0.5 |", "| ffn_granularity | \"neuron\" |",
+                 f"| round | {int(row['round'])} |", "| rounds run | 2 |"):
+        assert line in sparsity, line
     for section, values in json.loads(row["settings"]).items():
         for key, value in values.items() if isinstance(values, dict) else [(None, values)]:
             name = f"{section}.{key}" if key else section
-            assert f"| {name} | {json.dumps(value)} |" in text, name
+            assert f"| {name} | {md_cell(json.dumps(value))} |" in text, name
+    assert "@inproceedings{liang2021super," in text  # a structured ticket cites Liang et al.
 
 
-def test_the_card_names_a_hub_base_model(structured_root):
+def test_the_card_names_the_base_model_and_its_license(structured_root):
     store = ResultsStore(structured_root)
     ticket = find_ticket(store, "sst2", best=True, need_weights=False)
     ticket.row = {**ticket.row, "model": "minilm"}
-    front = yaml.safe_load(model_card(ticket, Report(format="hf")).split("---\n")[1])
-    assert front["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    card = ModelCard(model_card(ticket, Report(format="hf")))
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert card.data.license == "apache-2.0"  # from the packaged MiniLM's own card
+    ticket.row = {**ticket.row, "model": str(structured_root / "gone")}  # a moved local model: no base, no license
+    card = ModelCard(model_card(ticket, Report(format="hf")))
+    assert card.data.base_model is None and card.data.license is None
+    assert "| license | unknown: see the base model's card |" in card.text
+
+
+def test_user_strings_cannot_break_the_cards_or_the_summarys_tables(structured_root, tmp_path):
+    """A `|`, a newline or HTML in a user's string (a model path, a setting label) stays inside its cell."""
+    from raytickets.analysis.tables import SUMMARY_HEADER, analyze, summary_markdown
+
+    store = ResultsStore(structured_root)
+    ticket = find_ticket(store, "sst2", best=True, need_weights=False)
+    evil = "my|model\nwith <b>html</b> \\|"
+    ticket.row = {**ticket.row, "model": evil}
+    text = model_card(ticket, Report(format="hf"))
+    table = [line for line in text.split("## Files")[0].splitlines() if line.startswith("| ")]
+    assert table and all(len(re.split(r"(?<!\\)\|", line.replace("\\\\", ""))) == 4 for line in table), table
+    body = text.split("\n---\n", 1)[1]  # the YAML front matter holds it as a YAML string, the Markdown escaped
+    assert "| base model | my\\|model with &lt;b&gt;html&lt;/b&gt; \\\\\\| |" in body and "<b>" not in body
+
+    tables = analyze(structured_root, out_dir=tmp_path)
+    tables["super_tickets"]["setting_label"] = evil
+    rows = [line for line in summary_markdown(tables).splitlines() if line.startswith("| ") and "---|" not in line]
+    for line in rows:
+        cells = re.split(r"(?<!\\)\|", line.replace("\\\\", ""))
+        assert len(cells) == len(SUMMARY_HEADER) + 2, line
 
 
 # ------------------------------------------------------------------------------ physical shrinking
@@ -215,8 +270,17 @@ def test_structured_ticket_is_shrunk_and_its_logits_equal_the_masked_model(struc
     with torch.no_grad():
         assert torch.allclose(small(**batch).logits, dense(**batch).logits, atol=1e-5, rtol=0)
     assert "shrunk: 4 heads and 64 FFN neurons removed" in stdout
-    with pytest.raises(RuntimeError, match="mismatch"):  # plain transformers refuses it rather than loading it wrongly
+    # Every plain loader refuses shrunk/ rather than loading it wrongly (a stock BertConfig there used to "load"
+    # with ignore_mismatched_sizes=True, re-initialising the cut tensors); the card says how to load it.
+    config = json.loads((out / "shrunk" / "config.json").read_text())
+    assert config["model_type"] == "raytickets_shrunk_bert" and config["num_attention_heads"] == heads
+    with pytest.raises(ValueError, match="raytickets_shrunk_bert"):
         AutoModelForSequenceClassification.from_pretrained(out / "shrunk")
+    for kwargs in ({}, {"ignore_mismatched_sizes": True}):
+        with pytest.raises(Exception, match="num_attention_heads"):
+            BertForSequenceClassification.from_pretrained(out / "shrunk", **kwargs)
+    card = (out / "README.md").read_text()
+    assert "`raytickets.export.load_shrunk(DIR)`" in card and "portable form of the shrunk model is ONNX" in card
 
 
 def test_a_removed_ffn_sublayer_is_cut_to_one_zeroed_neuron(tiny_model_dir):
@@ -240,8 +304,7 @@ def test_minilm_with_40_percent_of_heads_and_neurons_removed_keeps_its_logits(tm
     small, structure = shrink(model, mask)
     assert structure.removed_heads == int(0.4 * 72) and structure.removed_neurons == round(0.4 * 6 * 1536)
     assert len({len(h) for h in structure.heads}) > 1  # layers keep different head counts
-    small.save_pretrained(tmp_path / "shrunk")
-    structure.save(tmp_path / "shrunk" / "shrink.json")
+    save_shrunk(small, structure, tmp_path / "shrunk")
     loaded = load_shrunk(tmp_path)
     dense = masked(model, mask)
     batch = real_batch(load_tokenizer("minilm"))
@@ -275,6 +338,9 @@ def test_onnx_export_runs_in_onnxruntime_with_torchs_logits(structured_root, glu
         with torch.no_grad():
             assert torch.allclose(session(**batch).logits, reference(**batch).logits, atol=1e-4, rtol=0)
     assert f"dev accuracy from model.onnx (onnxruntime): {row['metric']:.4f}" in stdout
+    data = ModelCard.load(out / "README.md").data
+    assert data.library_name == "onnx" and "onnx" in data.tags  # no transformers weights here to from_pretrained
+    assert "full dev set, 872 rows; model.onnx (onnxruntime)" in data.eval_results[0].metric_name
 
 
 # ------------------------------------------------------------------------------ unstructured tickets and masks
@@ -409,3 +475,70 @@ def test_best_of_a_task_that_did_not_learn_is_exported_as_no_ticket_and_the_card
     assert code == 0 and "did not learn" in err
     written = json.loads((tmp_path / "m" / "ticket.json").read_text())
     assert written["learned"] is False and written["chance"] == pytest.approx(0.505)
+
+
+# ------------------------------------------------------------------------------ files others can read, no leftovers
+
+
+def test_an_export_is_readable_by_everyone_whatever_the_umask(structured_root, tmp_path, capsys):
+    """Directories 0755 and files 0644 (mkdtemp made them 0700, and a umask of 077 0600): another user or a
+    container serving the model can read it."""
+    import os
+    import stat
+
+    out = tmp_path / "shared"
+    previous = os.umask(0o077)
+    try:
+        assert export(capsys, structured_root, "--task", "sst2", "--best", "--out", out)[0] == 0
+    finally:
+        os.umask(previous)
+    entries = [out, *out.rglob("*")]
+    assert (out / "shrunk").is_dir() and len(entries) > 8
+    for p in entries:
+        assert stat.S_IMODE(p.stat().st_mode) == (0o755 if p.is_dir() else 0o644), p
+
+
+INTERRUPTED = """
+import os, signal, sys, time
+from pathlib import Path
+from raytickets.atomic import terminate_cleanly, write_dir_atomically
+
+def write(d):
+    (d / "model.safetensors").write_bytes(b"half")
+    os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+    time.sleep(30)
+
+with terminate_cleanly():
+    write_dir_atomically(Path(sys.argv[1]), write, replace=True, mode=0o755, sweep_stale=True)
+"""
+
+
+def test_an_interrupted_export_leaves_no_temp_dir(structured_root, tmp_path, capsys):
+    """SIGTERM (`kill`, `timeout`) and Ctrl-C clean up as they happen; SIGKILL cannot, so the next export to the
+    same place sweeps what a dead writer left. The export's own writer runs in `terminate_cleanly` too."""
+    import subprocess
+
+    out = tmp_path / "out"
+    for sig, code in (("SIGTERM", 128 + 15), ("SIGINT", -2)):  # Python re-raises an unhandled SIGINT on exit
+        done = subprocess.run([sys.executable, "-c", INTERRUPTED, str(out), sig], capture_output=True, timeout=60)
+        assert done.returncode == code, done.stderr.decode()[-500:]
+        assert not out.exists() and list(tmp_path.iterdir()) == [], sig
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED, str(out), "SIGKILL"], capture_output=True, timeout=60)
+    assert done.returncode == -9 and len(list(tmp_path.glob(".tmp-out-*"))) == 1  # killed: nothing could run
+    (tmp_path / ".tmp-out-1-alive").mkdir()  # pid 1 runs: a live writer's temp dir is never touched
+    assert export(capsys, structured_root, "--task", "sst2", "--best", "--format", "mask", "--out", out)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-out-1-alive", "out"]
+
+
+def test_shrinking_cuts_matrices_with_transformers_prune_linear_layer(tiny_model_dir, monkeypatch):
+    """shrink.py decides which units go; the cutting is transformers' `prune_linear_layer` (six matrices a layer)."""
+    import raytickets.export.shrink as shrink_module
+
+    calls = []
+    real = shrink_module.prune_linear_layer
+    monkeypatch.setattr(shrink_module, "prune_linear_layer", lambda *a, **k: calls.append(k["dim"]) or real(*a, **k))
+    model = load_model(str(tiny_model_dir), 2, seed=0).eval()
+    heads, neurons, layers = random_structured(model.config, 0.5, 0.5, "neuron", torch.Generator().manual_seed(0))
+    small, _ = shrink(model, structured_mask(prunable_parameters(model), model.config, heads, neurons, layers))
+    assert sorted(calls) == [0] * 8 + [1] * 4  # per layer: Q, K, V, intermediate rows; attention-output, output columns
+    assert small.bert.encoder.layer[0].attention.self.query.weight.dtype == torch.float32
