@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import platform
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-import platform
 
 from ..config import SweepConfig
 from ..loader import to_dict
