@@ -74,6 +74,10 @@ class SweepMode(abc.ABC):
         """`--dry-run`'s line for a later stage, whose inputs the first stage writes."""
         return f"then sweep {cfg.name}: mode {self.name}"
 
+    def cost(self, cfg: SweepConfig, state: Any) -> Any:
+        """What the stage will cost (`cost.Cost`: trials, fine-tunes, steps), or None where the mode cannot say."""
+        return None
+
     def prepare(self, cfg: SweepConfig, state: Any) -> None:
         """Driver-side work before the trials start (tokenise once for every trial)."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -82,7 +83,12 @@ class TicketSweep(SweepMode):
         return param_space(cfg, jobs)
 
     def describe(self, cfg: SweepConfig, jobs, space: dict) -> str:
-        return plan(cfg, space)
+        return plan(cfg, space, jobs)
+
+    def cost(self, cfg: SweepConfig, jobs):
+        from .cost import ticket_sweep_cost
+
+        return ticket_sweep_cost(cfg, jobs)
 
     def describe_stage(self, cfg: SweepConfig) -> str:
         t = cfg.search.transfer
@@ -178,7 +184,7 @@ def _grid_values(spec) -> list:
     return [int(v) for v in values] if spec.type == "int" else [round(v, 10) for v in values]
 
 
-def plan(cfg: SweepConfig, space: dict) -> str:
+def plan(cfg: SweepConfig, space: dict, jobs: list[dict] | None = None) -> str:
     r = cfg.resources
     lines = [
         f"sweep {cfg.name}: {cfg.search.mode} search, {cfg.search.num_samples} sample(s), scheduler {cfg.search.scheduler},"
@@ -188,11 +194,26 @@ def plan(cfg: SweepConfig, space: dict) -> str:
         "space: " + ", ".join(f"{k}={_describe(v)}" for k, v in cfg.search.space.items()),
         f"results: {results_dir(cfg)}",
     ]
+    if jobs:
+        lines[2:3] = transfer_lines(jobs)
     if PACK_KEY in space:
         groups = space[PACK_KEY]["grid_search"]
         lines.insert(3, f"packed: {sum(map(len, groups))} grid points as {len(groups)} trial(s) of up to "
                         f"{cfg.search.trajectories_per_trial} trajectories, one Ray Train start-up each")
     return "\n".join(lines)
+
+
+def transfer_lines(jobs: list[dict]) -> list[str]:
+    """A transfer sweep's trials in words: per target, which tickets (source task or own, at a level) and how many
+    seeds of each."""
+    counts: dict[str, Counter] = {}
+    for job in jobs:
+        j = job_of(job)
+        what = f"own ticket at {j.level:.2f}" if "own" in job else f"{j.source_task} at {j.level:.2f}"
+        counts.setdefault(j.task, Counter())[what] += 1
+    return [f"transfer: {len(jobs)} job(s), one trial each"] + [
+        f"  to {target}: " + ", ".join(f"{what} x{n} seed(s)" for what, n in c.items())
+        for target, c in sorted(counts.items())]
 
 
 def _describe(spec) -> str:
