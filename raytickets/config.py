@@ -44,6 +44,16 @@ class DataConfig:
     corpus: str | None = None
     mlm_probability: float = 0.15
     mlm_copies: int = 10
+    # task squad only (squad.py): a directory holding one train*.json and one dev*.json in the SQuAD JSON layout,
+    # or a file per split (squad_train / squad_dev win over the directory); all null: the hub's rajpurkar/squad.
+    # Windows of max_seq_length tokens start every doc_stride context tokens; an answer is at most
+    # max_answer_length tokens, chosen from each window's n_best starts and ends (BERT's run_squad: 128, 30, 20).
+    squad_dir: str | None = None
+    squad_train: str | None = None
+    squad_dev: str | None = None
+    doc_stride: int = 128
+    max_answer_length: int = 30
+    n_best: int = 20
 
     def validate(self, path: str) -> None:
         if self.glue_dir is not None and not Path(self.glue_dir).expanduser().is_dir():
@@ -58,6 +68,20 @@ class DataConfig:
             raise ConfigError(f"{path}.mlm_probability: {self.mlm_probability} must be in (0, 1)")
         if self.mlm_copies < 1:
             raise ConfigError(f"{path}.mlm_copies: {self.mlm_copies} must be >= 1")
+        for name in ("max_answer_length", "n_best"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{path}.{name}: {getattr(self, name)!r} must be a positive integer")
+        if self.squad_dir is not None and not Path(self.squad_dir).expanduser().is_dir():
+            raise ConfigError(f"{path}.squad_dir: directory {self.squad_dir!r} does not exist")
+        for name in ("squad_train", "squad_dev"):
+            if getattr(self, name) is not None and not Path(getattr(self, name)).expanduser().is_file():
+                raise ConfigError(f"{path}.{name}: file {getattr(self, name)!r} does not exist")
+
+    def validate_squad(self, path: str) -> None:
+        """The window must move: a stride of a whole window or more would skip context (task squad only)."""
+        if not isinstance(self.doc_stride, int) or not 1 <= self.doc_stride < self.max_seq_length:
+            raise ConfigError(f"{path}.doc_stride: {self.doc_stride!r}; allowed: an integer from 1 to "
+                              f"max_seq_length - 1 ({self.max_seq_length - 1})")
 
 
 @dataclass
@@ -227,6 +251,8 @@ class TicketConfig:
         self.data.validate(f"{p}data")
         if self.data.corpus is not None and not TASKS[self.task].is_mlm:
             raise ConfigError(f"{p}data.corpus: {self.data.corpus!r} is read by the mlm task only; task is {self.task!r}")
+        if TASKS[self.task].is_span:
+            self.data.validate_squad(f"{p}data")
         self.train.validate(f"{p}train")
         self.prune.validate(f"{p}prune", imp=imp)
         from .models import check_patterns, parameter_names

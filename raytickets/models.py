@@ -155,13 +155,15 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def load_model(name: str, num_labels: int, seed: int | None = None) -> nn.Module:
-    """A sequence-classification model (`num_labels == 1`: regression head) on the pre-trained encoder.
+def load_model(name: str, num_labels: int, seed: int | None = None, objective: str = "sequence") -> nn.Module:
+    """A sequence-classification model (`num_labels == 1`: regression head) on the pre-trained encoder, or with
+    `objective="span"` a question-answering one (a start/end head on every token, `BertForQuestionAnswering`,
+    which has no pooler).
 
     `seed` fixes the randomly initialised task head, so every round of a trajectory and every
     baseline starts from the same head unless told otherwise.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
     path = resolve_model(name)
     with quiet_transformers():  # the "classifier newly initialised" report is expected here
@@ -169,11 +171,14 @@ def load_model(name: str, num_labels: int, seed: int | None = None) -> nn.Module
             import torch
 
             torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=num_labels,
-            problem_type="regression" if num_labels == 1 else "single_label_classification",
-        )
+        if objective == "span":
+            model = AutoModelForQuestionAnswering.from_pretrained(path)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path,
+                num_labels=num_labels,
+                problem_type="regression" if num_labels == 1 else "single_label_classification",
+            )
     if getattr(model.config, "model_type", None) != "bert" or not hasattr(model, "bert"):
         raise ConfigError(f"model: {name!r} is a {model.config.model_type!r} model; raytickets supports BERT-architecture models")
     return model

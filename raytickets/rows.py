@@ -96,6 +96,7 @@ class RoundRow(TrajectoryColumns):
     accuracy_matched: float | None = None  # MNLI's two dev splits
     accuracy_mismatched: float | None = None
     perplexity: float | None = None  # masked-language modelling
+    exact_match: float | None = None  # SQuAD, beside its main metric f1
     full_metric: float | None = None
     training_steps: int | None = None
     wall_seconds: float | None = None
@@ -161,6 +162,7 @@ ADDED_IN = {
                     "best_weights_path", "final_weights_path"),
     },
     3: {"rounds": ("oneshot_diff",)},
+    4: {"rounds": ("exact_match",)},
 }
 
 

@@ -31,7 +31,9 @@ GENERIC_PRUNE = ("method", "rounds", "rewind_step", "min_gain", "include", "excl
 # enter an id only when set away from that default, so adding a field never renames the runs (and curves) of
 # existing results roots: their rounds stay resumable and their rows stay one curve with new ones (open_lth
 # leaves new hyperparameters out of its hashes the same way). A new field joins this list.
-ID_ONLY_WHEN_SET = (("data", "corpus"), ("data", "mlm_probability"), ("data", "mlm_copies"),
+ID_ONLY_WHEN_SET = (("data", "corpus"), ("data", "mlm_probability"), ("data", "mlm_copies"), ("data", "doc_stride"),
+                    ("data", "max_answer_length"), ("data", "n_best"), ("data", "squad_dir"), ("data", "squad_train"),
+                    ("data", "squad_dev"),
                     ("train", "bucket_by_length"), ("train", "compile"), ("train", "mlm_warmup_steps"),
                     ("train", "mlm_warmup_layers"), ("train", "mlm_warmup_learning_rate"))
 # ... except in an mlm run's id, which holds the head warm-up settings always: mlm rounds changed meaning when

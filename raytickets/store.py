@@ -37,7 +37,7 @@ from .rows import (  # noqa: F401  (the row types and schemas, read from here by
     allowed_methods, as_dict,
 )
 
-SCHEMA_VERSION = 3  # rows.ADDED_IN says what each version added
+SCHEMA_VERSION = 4  # rows.ADDED_IN says what each version added
 META_TABLE = b"raytickets.table"
 META_VERSION = b"raytickets.schema_version"
 

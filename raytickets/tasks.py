@@ -56,12 +56,17 @@ class TaskSpec:
     paper_metric: str | None = None
     # Training settings the task's recipe sets where a config leaves them null (config.resolve).
     recipe: dict = field(default_factory=lambda: {"warmup_ratio": 0.1, "grad_accumulation": 1})
-    # "sequence": a GLUE task (a head on the pooled [CLS]); "mlm": masked-language modelling on a corpus (mlm.py)
+    # "sequence": a GLUE task (a head on the pooled [CLS]); "mlm": masked-language modelling on a corpus (mlm.py);
+    # "span": extractive question answering, a start/end head on every token (squad.py)
     objective: str = "sequence"
 
     @property
     def is_mlm(self) -> bool:
         return self.objective == "mlm"
+
+    @property
+    def is_span(self) -> bool:
+        return self.objective == "span"
 
     def main_metric_for(self, convention: str) -> str:
         """The main metric under a convention: "glue" (the GLUE main metric) or "paper" (Chen et al.'s)."""
@@ -69,10 +74,12 @@ class TaskSpec:
 
     @property
     def is_regression(self) -> bool:
-        return not self.label_list and not self.is_mlm
+        return not self.label_list and self.objective == "sequence"
 
     @property
     def num_labels(self) -> int:
+        if self.is_span:
+            return 2  # a start and an end logit per token
         return 1 if self.is_regression else len(self.label_list)  # 1 = a regression head
 
 
@@ -110,9 +117,13 @@ TASKS: dict[str, TaskSpec] = {
         # academic-budget recipe: 6% warmup, a large effective batch (4 accumulated batches here).
         TaskSpec("mlm", "", "", (), (), ("accuracy", "perplexity"), "accuracy", ("dev",), (), "", (),
                  recipe={"warmup_ratio": 0.06, "grad_accumulation": 4}, objective="mlm"),
+        # SQuAD v1.1 (squad.py): token F1 is the main metric (the one Chen et al. report), exact match beside it;
+        # both after the official answer normalisation, on a 0-1 scale like the GLUE metrics.
+        TaskSpec("squad", "", "", ("question", "context"), (), ("f1", "exact_match"), "f1", ("dev",), (), "", (),
+                 objective="span"),
     )
 }
-GLUE = tuple(name for name, t in TASKS.items() if not t.is_mlm)
+GLUE = tuple(name for name, t in TASKS.items() if t.objective == "sequence")
 
 STSB_RANGE = (0.0, 5.0)
 
@@ -388,7 +399,7 @@ def chance_metrics(task: TaskSpec, labels) -> dict[str, float]:
 
 # Metric columns of a round row; MNLI's splits get their own (`dev_matched/accuracy` -> `accuracy_matched`).
 METRIC_COLUMNS = ("accuracy", "f1", "matthews", "pearson", "spearman", "accuracy_matched", "accuracy_mismatched",
-                  "perplexity")
+                  "perplexity", "exact_match")
 
 
 def flat_metrics(metrics: dict[str, float]) -> dict[str, float | None]:

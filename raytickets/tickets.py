@@ -57,8 +57,12 @@ class Prepared:
 
 def tokenize(cfg: TicketConfig, tokenizer) -> dict:
     """The task's tokenised splits under the config's data settings (read from the cache once written); for mlm
-    the packed, pre-masked corpus (mlm.mlm_splits)."""
+    the packed, pre-masked corpus (mlm.mlm_splits); for squad the training windows and a `squad.SquadDev`."""
     d = cfg.data
+    if get_task(cfg.task).is_span:
+        from .squad import squad_splits
+
+        return squad_splits(tokenizer, resolve_model(cfg.model), d, seed=d.seed, cache_dir=d.cache_dir)
     if get_task(cfg.task).is_mlm:
         from .mlm import mlm_splits
 
@@ -90,7 +94,8 @@ def prepare(cfg: TicketConfig, device: torch.device | str = "cpu") -> Prepared:
                                   batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, seed=t.seed,
                                   precision=resolve_precision(t.precision, torch.device(device)))
     else:
-        model, collator = load_model(cfg.model, task.num_labels, seed=cfg.train.seed), collate(tokenizer)
+        model = load_model(cfg.model, task.num_labels, seed=cfg.train.seed, objective=task.objective)
+        collator = collate(tokenizer)
     model = model.to(device)
     return Prepared(task=task, train=splits["train"], dev={s: splits[s] for s in task.dev_splits},
                     collate=collator, model=model, initial=RewindPoint(state_copy(model), 0), warmup=warmup)

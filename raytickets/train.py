@@ -291,6 +291,11 @@ def evaluate(model: nn.Module, task: TaskSpec, dev_data: Mapping[str, object], c
     `with_chance`: also the same metrics of a constant predictor (the majority class; 0 for correlations),
     the value a collapsed run is scored at.
     """
+    if task.is_span:  # spans read back across each question's windows; chance: the empty answer (F1 0)
+        from .squad import evaluate as evaluate_squad
+
+        metrics, chance = evaluate_squad(model, dev_data["dev"], collate, batch_size, precision)
+        return (metrics, chance) if with_chance else metrics
     if task.is_mlm:  # masked positions only; chance: always the most frequent masked token of the dev blocks
         from .mlm_head import mlm_chance, mlm_metrics
 

@@ -178,6 +178,25 @@ def per_example_loss(model: torch.nn.Module, logits: torch.Tensor, labels: torch
     return F.cross_entropy(logits, labels, reduction="none")
 
 
+SPAN_LABELS = ("start_positions", "end_positions")  # extractive QA (squad.py): a start and an end token per window
+
+
+def batch_losses(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Each example's task loss [B]: from `labels`, or for question answering the mean of the start and end
+    cross-entropies (what `BertForQuestionAnswering` averages over the batch)."""
+    import torch.nn.functional as F
+
+    if all(k in batch for k in SPAN_LABELS):
+        out = model(**{k: v for k, v in batch.items() if k not in SPAN_LABELS})
+        starts, ends = (batch[k] for k in SPAN_LABELS)
+        return (F.cross_entropy(out.start_logits.float(), starts, reduction="none")
+                + F.cross_entropy(out.end_logits.float(), ends, reduction="none")) / 2
+    if "labels" not in batch:
+        raise ConfigError("batches: a batch without 'labels'; importance needs the task loss")
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+    return per_example_loss(model, logits, batch["labels"])
+
+
 def structured_importance(
     model: torch.nn.Module, batches: Iterable[dict], normalize: bool = True, mode: str = "per_example",
     reduce=None, autocast=contextlib.nullcontext,
@@ -203,15 +222,11 @@ def structured_importance(
         with torch.enable_grad():
             for batch in batches:
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                if "labels" not in batch:
-                    raise ConfigError("batches: a batch without 'labels'; importance needs the task loss")
-                labels = batch["labels"]
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                size = labels.shape[0]
+                size = batch["input_ids"].shape[0]
                 shapes = ((size, L, H), (size, L, I), (size, L)) if mode == "per_example" else ((L, H), (L, I), (L,))
                 gates = [torch.ones(s, device=device, requires_grad=True) for s in shapes]
                 with _gates(model, *gates), autocast():
-                    losses = per_example_loss(model, model(**inputs).logits.float(), labels)
+                    losses = batch_losses(model, batch)
                 grads = torch.autograd.grad(losses.sum(), gates)  # per-example gates: row b is dL(x_b)/dg
                 if mode == "per_example":
                     for total, grad in zip(totals, grads):

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import ConfigError
 from .registry import PruneContext, register
-from .structured import per_example_loss
+from .structured import batch_losses
 from .unstructured import ScheduleHparams, ScheduleMethod
 
 
@@ -57,10 +57,9 @@ def taylor_scores(model: torch.nn.Module, params: Mapping[str, torch.Tensor], ba
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with autocast():
-                    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
-                loss = per_example_loss(model, logits, batch["labels"]).sum()
+                    loss = batch_losses(model, batch).sum()
                 grads = torch.autograd.grad(loss, tensors)
-                size = reduce(torch.tensor(float(batch["labels"].shape[0]), device=device))
+                size = reduce(torch.tensor(float(batch["input_ids"].shape[0]), device=device))
                 for total, weight, grad in zip(totals, tensors, grads):
                     total += (weight.detach() * reduce(grad.detach()) / size).abs()
                 seen += 1

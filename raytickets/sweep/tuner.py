@@ -53,8 +53,9 @@ def _absolute(path: str) -> str:
 
 def absolute_paths(cfg: SweepConfig) -> SweepConfig:
     data = cfg.ticket.data
-    if data.glue_dir:
-        data.glue_dir = _absolute(data.glue_dir)
+    for name in ("glue_dir", "squad_dir", "squad_train", "squad_dev"):  # trials run in other working directories
+        if getattr(data, name):
+            setattr(data, name, _absolute(getattr(data, name)))
     cfg.storage_path = _absolute(cfg.storage_path)
     # Tokenise once per sweep into its own work dir, read by every trial (never per trial).
     data.cache_dir = _absolute(data.cache_dir) if data.cache_dir else str(work_dir(cfg) / "data")

@@ -1,0 +1,182 @@
+"""SQuAD v1.1: the official metric on hand-checked cases, the window round trip on the shared dev set, bad input,
+and a tiny random BERT through IMP with structured pruning on a few SQuAD questions."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from raytickets.errors import ConfigError, DataError
+from raytickets.squad import (answer_tokens, build_features, exact_match, f1_score, normalize_answer, read_json,
+                              squad_metrics, window_starts)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _find_squad() -> Path:
+    env = os.environ.get("RAYTICKETS_SQUAD_DIR")
+    for c in ([Path(env)] if env else []) + [REPO.parent / "shared" / "squad", REPO / "shared" / "squad"]:
+        if (c / "dev-v1.1.json").is_file():
+            return c
+    raise FileNotFoundError("SQuAD JSON not found in ../shared/squad; set RAYTICKETS_SQUAD_DIR")
+
+
+SQUAD = _find_squad()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from raytickets.models import load_tokenizer
+
+    return load_tokenizer("minilm")
+
+
+def small_squad(root: Path, paragraphs: int = 3) -> Path:
+    """A squad_dir with the first `paragraphs` paragraphs of the shared train and dev files."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, out in (("train-v1.1-first44.json", "train.json"), ("dev-v1.1.json", "dev.json")):
+        raw = json.loads((SQUAD / name).read_text())
+        article = raw["data"][0]
+        small = {"version": "1.1", "data": [{"title": article["title"], "paragraphs": article["paragraphs"][:paragraphs]}]}
+        (root / out).write_text(json.dumps(small))
+    return root
+
+
+# ------------------------------------------------------------------------------------------ the metric
+
+
+def test_normalisation_drops_case_punctuation_articles_and_extra_space():
+    assert normalize_answer("The  Denver Broncos!") == "denver broncos"
+    assert normalize_answer("an apple, a pear") == "apple pear"
+    assert normalize_answer("Theory") == "theory"  # "the" only as a word
+    assert normalize_answer("U.S.-based") == "usbased"  # punctuation removed, not replaced by a space
+
+
+def test_metric_against_hand_checked_values():
+    # Token F1: pred "denver broncos team" vs gold "denver broncos": P = 2/3, R = 1, F1 = 0.8.
+    assert f1_score("the Denver Broncos team", "Denver Broncos") == pytest.approx(0.8)
+    assert exact_match("the Denver Broncos.", "Denver Broncos") == 1.0
+    assert f1_score("Carolina", "Denver Broncos") == 0.0
+    assert f1_score("", "Denver Broncos") == 0.0
+    # Repeated tokens count as a bag: pred "a a b" -> "b" after articles go; gold "b b" -> P = 1, R = 1/2.
+    assert f1_score("a a b", "b b") == pytest.approx(2 / 3)
+    # Each question takes its best gold answer, then questions are averaged:
+    # q1: golds "Broncos", "Denver Broncos"; pred "Denver Broncos" -> EM 1, F1 1.
+    # q2: golds "1858", "in 1858"; pred "1858 in Lourdes" -> EM 0, F1 max(2*(1/3)/(4/3), 2*(2/3)(1)/(5/3)) = 0.8.
+    # q3: gold "Saint Bernadette Soubirous"; pred "Bernadette" -> P 1, R 1/3, F1 0.5.
+    m = squad_metrics(["Denver Broncos", "1858 in Lourdes", "Bernadette"],
+                      [["Broncos", "Denver Broncos"], ["1858", "in 1858"], ["Saint Bernadette Soubirous"]])
+    assert m["exact_match"] == pytest.approx(1 / 3)
+    assert m["f1"] == pytest.approx((1 + 0.8 + 0.5) / 3)
+
+
+# -------------------------------------------------------------------------------------------- windows
+
+
+def test_windows_cover_the_context_with_the_configured_step():
+    assert window_starts(10, 20, 5) == [0]
+    assert window_starts(50, 20, 15) == [0, 15, 30]  # the last window (30..50) reaches the end
+    assert window_starts(50, 10, 15) == [0, 10, 20, 30, 40]  # a step never skips a token
+    assert answer_tokens([0, 4, 10], [3, 9, 14], 4, 9) == (1, 1)
+    assert answer_tokens([0, 4, 10], [3, 9, 14], 5, 12) == (1, 2)  # partial tokens count
+
+
+def test_every_dev_gold_answer_round_trips_through_its_window_labels(tokenizer):
+    """Each of dev's 34,726 gold answers, labelled as a training answer, lies in some window and reads back
+    from that window's offsets as its own text (after normalisation) unless the answer is part of a word."""
+    dev = read_json(SQUAD / "dev-v1.1.json")
+    # One row per (question, gold answer), so every gold answer is the labelled one once.
+    rows = {"id": [], "question": [], "context": [], "answers": [], "answer_starts": []}
+    for qid, q, c, answers, starts in zip(dev["id"], dev["question"], dev["context"], dev["answers"], dev["answer_starts"]):
+        for text, start in zip(answers, starts):
+            for k, v in zip(rows, (qid, q, c, [text], [start])):
+                rows[k].append(v)
+    from raytickets.squad import _dataset
+
+    golds = _dataset(rows)
+    labelled = build_features(golds, tokenizer, 384, 128, train=True)
+    read = build_features(golds, tokenizer, 384, 128, train=False)
+    found, same, inside_word, truncated = {}, 0, 0, 0
+    for w, example in enumerate(read["example"]):
+        s, e = labelled["start_positions"][w], labelled["end_positions"][w]
+        if s and example not in found:
+            found[example] = rows["context"][example][read["offset_start"][w][s]:read["offset_end"][w][e]]
+    for i, text in enumerate(rows["answers"]):
+        if i not in found:
+            truncated += 1
+        elif normalize_answer(found[i]) == normalize_answer(text[0]):
+            same += 1
+        else:  # a word piece of a longer word ("gold" in "golden"): the span is the whole word
+            assert text[0].strip() in found[i], (found[i], text)
+            inside_word += 1
+    print(f"dev gold answers: {len(rows['id'])}, read back {same}, inside a word {inside_word}, truncated {truncated}")
+    assert len(rows["id"]) == 34726
+    assert truncated == 0  # no dev answer is longer than a 384-token window less its question
+    assert inside_word < 0.005 * len(rows["id"])
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_squad_input_is_one_line(tmp_path, tokenizer):
+    (tmp_path / "not.json").write_text("{\"rows\": []}")
+    with pytest.raises(DataError, match="not SQuAD JSON") as e:
+        read_json(tmp_path / "not.json")
+    assert "\n" not in str(e.value)
+    bad = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": "Denver won the game.",
+                                                                     "qas": [{"id": "q7", "question": "Who won?",
+                                                                              "answers": [{"text": "Denver",
+                                                                                           "answer_start": 3}]}]}]}]}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(DataError, match="question q7: answer_start 3 does not point at its text 'Denver'"):
+        read_json(tmp_path / "bad.json")
+    bad["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = 0
+    bad["data"][0]["paragraphs"][0]["qas"][0]["question"] = "why " * 40
+    (tmp_path / "long.json").write_text(json.dumps(bad))
+    with pytest.raises(DataError, match="question q7: 40 tokens leave no room for context in max_seq_length 32"):
+        build_features(read_json(tmp_path / "long.json"), tokenizer, 32, 16, train=True)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.doc_stride=128", "data.doc_stride: 128; allowed: an integer from 1 to max_seq_length - 1 (127)"),
+    ("data.squad_dir=/no/such/dir", "data.squad_dir: directory '/no/such/dir' does not exist"),
+    ("data.n_best=0", "data.n_best: 0 must be a positive integer"),
+])
+def test_bad_squad_config_is_one_line_with_exit_code_2(tmp_path, override, expected):
+    from test_cli import call
+
+    res = call("imp", "--task", "squad", "--rounds", "1", "--out", str(tmp_path / "out"), "data.max_seq_length=128",
+               override)
+    assert res.returncode == 2 and res.stderr.strip().endswith(expected), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------- through IMP
+
+
+def test_tiny_bert_through_imp_and_structured_pruning_on_squad(tiny_model_dir, tmp_path):
+    """Two IMP rounds with a random baseline, then one structured round (heads and FFN units by gate gradients
+    of the span loss), on a few SQuAD paragraphs; every row has F1 as its metric and EM beside it."""
+    from raytickets.config import TicketConfig, build
+    from raytickets.tickets import Trajectory
+
+    squad = small_squad(tmp_path / "squad")
+    base = {"task": "squad", "model": str(tiny_model_dir),
+            "data": {"squad_dir": str(squad), "max_seq_length": 96, "doc_stride": 48, "max_dev_examples": 20,
+                     "cache_dir": str(tmp_path / "cache")},
+            "train": {"max_steps": 4, "batch_size": 8, "learning_rate": 1e-3, "progress": False}}
+    magnitude = build(TicketConfig, {**base, "prune": {"method": "magnitude", "rounds": 2, "rate": 0.3,
+                                                       "baselines": ["random"]}})
+    rows = Trajectory(magnitude, tmp_path / "work").run()
+    assert [(r.round, r.kind) for r in rows] == [(0, "full"), (1, "ticket"), (1, "random"), (2, "ticket"),
+                                                 (2, "random")]
+    assert all(r.metric_name == "f1" and r.metric == r.f1 and 0 <= r.exact_match <= r.f1 <= 1 for r in rows)
+    assert all(r.chance_metric == 0.0 for r in rows)  # the empty answer
+    assert rows[3].sparsity == pytest.approx(0.51, abs=0.01)
+    structured = build(TicketConfig, {**base, "prune": {"method": "structured", "rounds": 1, "head_fraction": 0.5,
+                                                        "ffn_fraction": 0.5}})
+    rows = Trajectory(structured, tmp_path / "work").run()
+    assert [r.kind for r in rows] == ["full", "ticket"] and rows[1].sparsity > 0.3
