@@ -24,8 +24,8 @@ BASELINE_STYLE = {name: b.style for name, b in BASELINES.items()}
 TICKET_COLOUR = "tab:blue"
 # The three marks of a level, drawn concentric and largest first so that none hides another where they fall on
 # one level (the common case: the super ticket is often the matching one): (marker, size, edge colour, fill).
-MARKS = {"matching (paper)": ("o", 19, "tab:red", "none"), "matching (strict)": ("s", 12, "tab:purple", "none"),
-         "super ticket": ("*", 9, "black", "gold")}
+MARKS = {"matching (paper)": ("o", 22, "tab:red", "none"), "matching (strict)": ("s", 14, "tab:purple", "none"),
+         "super ticket": ("*", 10, "black", "gold")}
 MARK_COLUMNS = {"matching (paper)": "matching_sparsity_paper", "matching (strict)": "matching_sparsity_strict",
                 "super ticket": "super_sparsity"}
 
@@ -61,7 +61,7 @@ def curve_figure(supers: pd.DataFrame, curves: pd.DataFrame, paths: pd.DataFrame
     order = ["ticket", "one trial's rounds", *BASELINE_KINDS, "full model ± std", "chance", "chance + margin", *MARKS]
     labels = sorted(legend, key=lambda n: order.index(n) if n in order else len(order))
     fig.legend([legend[n] for n in labels], labels, loc="outside lower center", ncols=min(5, len(labels)),
-               fontsize=8, frameon=False)
+               fontsize=8, frameon=False, markerscale=0.6)  # the marks' sizes are for nesting, not for the key
     return fig
 
 
@@ -91,7 +91,7 @@ def _curve_panel(ax, key: tuple, supers: pd.DataFrame, curves: pd.DataFrame, pat
         if not math.isnan(sparsity):
             y = t.loc[np.isclose(t["sparsity"], sparsity), "mean"].iloc[0]
             ax.plot([100 * sparsity], [y], marker=marker, ms=size, ls="none", label=label, mfc=fill, mec=edge,
-                    mew=1.5, zorder=5 + list(MARKS).index(label))
+                    mew=1.0 if fill != "none" else 1.5, zorder=5 + list(MARKS).index(label))
     ax.margins(x=0.06, y=0.08)  # room for the largest mark at the first and last level
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel(first["metric_name"])
@@ -151,10 +151,10 @@ def overlap_figure(overlap: pd.DataFrame) -> Figure:
 
 
 def ratio_norm(values: np.ndarray) -> TwoSlopeNorm:
-    """A colour scale for a ratio to chance: from 0 (none shared) through 1 (white: chance) to the largest value
-    (at least 1.05, so that the two halves never collapse)."""
+    """A colour scale for a ratio to chance: from 0 (none shared) through 1 (white: chance) to the largest value,
+    at least 2 (twice chance), so that values near chance stay pale and the scale reads evenly."""
     finite = values[np.isfinite(values)]
-    top = max(1.05, float(finite.max())) if len(finite) else 2.0
+    top = max(2.0, float(finite.max())) if len(finite) else 2.0
     return TwoSlopeNorm(vcenter=1.0, vmin=0.0, vmax=top)
 
 

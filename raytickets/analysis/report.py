@@ -24,10 +24,10 @@ from .curves import SPARSITY_DECIMALS, scored
 from .figures import (  # noqa: F401  (BASELINE_STYLE, curve_title: the report's names, read from here)
     BASELINE_STYLE, curve_figure, curve_title, layer_figure, overlap_figure, png, transfer_figure,
 )
-from .multitask import mtl_figure
+from .multitask import format_table, mtl_figure
 from .provenance import cost, data_sizes, dates, hours
 from .tables import (
-    BASELINE_KINDS, CURVE_KEY, SUMMARY_HEADER, analyze, collapse_text, did_not_learn, load_analysis, mtl_markdown,
+    BASELINE_KINDS, CURVE_KEY, SUMMARY_HEADER, analyze, collapse_text, did_not_learn, load_analysis,
     of_curve, out_location, summary_markdown, summary_rows,
 )
 from ..store import ResultsStore, check_writable, write_bytes_atomic
@@ -89,7 +89,9 @@ def render_page(tables: dict[str, pd.DataFrame], rounds: pd.DataFrame, records: 
     rounds = scored(rounds) if len(rounds) else rounds
     supers = tables["super_tickets"]
     groups = sorted(set(map(tuple, supers[["model", "method"]].drop_duplicates().to_numpy())))
-    parts = [header_html(tables, rounds, records, root), RULES, summary_html(tables, len(groups) > 1)]
+    parts = [header_html(tables, rounds, records, root), RULES]
+    if groups:
+        parts.append(summary_html(tables, len(groups) > 1))
     paths, level_round = trial_paths(rounds), level_rounds(rounds)
     for model, method in groups:
         sel = {k: t[(t["model"] == model) & (t["method"] == method)] for k, t in tables.items() if k not in MTL_TABLES}
@@ -99,10 +101,18 @@ def render_page(tables: dict[str, pd.DataFrame], rounds: pd.DataFrame, records: 
             "Multi-task arms per task and the task average: mean ± std over seeds; plain = one shared encoder "
             "without masks, tickets_share = each task through its own super ticket, single = the tickets fine-tuned "
             "alone, random = random tickets of the same sizes"), mtl_figure(tables["mtl"]))
-            + f"<pre>{html.escape(mtl_markdown(tables))}</pre>")
+            + mtl_html(tables))
     if not groups and not ("mtl" in tables and not tables["mtl"].empty):
         parts.append("<p>No ticket rounds in these results: nothing to plot.</p>")
     return PAGE.format(title=html.escape(_title(rounds, records)), body="\n".join(parts))
+
+
+def mtl_html(tables: dict) -> str:
+    """Each multi-task experiment's per-task table, as `raytickets mtl` prints it."""
+    mtl = tables["mtl"]
+    return "".join(f"<h3>Experiment {html.escape(str(setting)[:8])}</h3><pre>"
+                   f"{html.escape(format_table(mtl, tables.get('mtl_sharing'), setting_id=setting))}</pre>"
+                   for setting in dict.fromkeys(mtl["setting_id"]))
 
 
 def group_html(sel: dict[str, pd.DataFrame], paths: pd.DataFrame, level_round: pd.DataFrame,
@@ -269,7 +279,8 @@ def summary_html(tables: dict, several_groups: bool) -> str:
     rows = []
     for key, levels in supers.groupby(CURVE_KEY, sort=True):
         r = levels.iloc[0]
-        title = curve_title(supers, key)
+        # The setting's id only: its full label (the settings that differ) heads the curve's section.
+        title = " · ".join(p for p in (key[2], str(key[3])[:8]) if p)
         if several_groups:
             title = f"{Path(key[0]).name or key[0]} / {key[1]} · {title}"
         tag = _slug(f"{key[0]}-{key[1]}")

@@ -176,9 +176,10 @@ def test_report_names_settings_tests_failed_seeds_and_collapse(tmp_path):
     for header in ("setting", "p_selection (paired, Holm over K levels)", "p_welch (unpaired, unadjusted)",
                    "failed seeds (ticket / full)", "trajectories", "layer collapse"):
         assert f"<th>{header}</th>" in page, header
-    # The two curves of sst2 are told apart by the setting that differs between them: in the compact summary
-    # (a link to the curve's section), the section's title and the full table.
-    assert page.count("prune.rewind_step=0<") == 3 and page.count("prune.rewind_step=100<") == 3
+    # The two curves of sst2 are told apart by the setting that differs between them: in the section's title and
+    # the full table (the compact summary names the setting by its id, linked to the section).
+    assert page.count("prune.rewind_step=0<") == 2 and page.count("prune.rewind_step=100<") == 2
+    assert '<a href="#curve-tiny-magnitude-sst2-0000abab">sst2 · 0000abab</a>' in page
     assert page.count("<h3>sst2 · 0000abab prune.rewind_step=0</h3>") == 1
     # Collapse in words: above the summary table, in its row, and in the caption of the layer figure.
     note = page[page.index("Layer collapse in the chosen tickets"):page.index("<table>")]
@@ -346,3 +347,23 @@ def test_the_summary_is_compact_with_every_column_behind_it(report):
     level = level[level.index("<table>"):level.index("</table>")]
     assert "<th>round</th><th>sparsity</th><th>ticket</th><th>random</th><th>reinit</th>" in level
     assert '<td class="num">40.0%</td><td class="num">0.9100 ± 0.0020 (n=3)</td>' in level and "★ super" in level
+
+
+def test_a_multi_task_root_has_its_section_and_no_empty_summary(tmp_path, tmp_path_factory):
+    rows = []
+    for arm, gain in (("plain", 0.0), ("tickets_share", 0.01), ("single", 0.005), ("random", -0.02)):
+        for task, value in (("sst2", 0.85), ("rte", 0.62)):
+            rows += [dict(sweep="mtl", trial=f"m-{seed}", model="tiny", method="magnitude", task=task, seed=seed,
+                          round=0, kind="mtl", arm=arm, sparsity=0.0 if arm == "plain" else 0.3, metric_name="accuracy",
+                          metric=value + gain + 0.002 * seed, chance_metric=0.5, setting_id="abcdef0123456789",
+                          wall_seconds=20.0, training_steps=40, started_at=f"2026-01-01T10:0{seed}:00Z",
+                          finished_at=f"2026-01-01T10:0{seed}:30Z") for seed in range(2)]
+    ResultsStore(tmp_path).write_rounds(rows)
+    index = write_report(tmp_path)
+    page = index.read_text()
+    assert 'id="mtl.png"' in page and "<h3>Experiment abcdef01</h3>" in page and "tickets_share - plain (p)" in page
+    assert "<h2>Summary</h2>" not in page and "```" not in page  # no empty ticket summary, no Markdown fences
+    assert "16 fine-tunes (16 mtl) behind 16 rows · 640 training steps" in page
+    assert "<b>mtl</b> · no sweep record" in page and "unknown CPU" in page  # raytickets mtl records no sweep
+    dom = rendered_dom(index, tmp_path_factory.mktemp("profile"))
+    assert image_counts(dom) == (1, 1)
