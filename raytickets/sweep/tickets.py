@@ -98,12 +98,13 @@ class TicketSweep(SweepMode):
 
     def prepare(self, cfg: SweepConfig, jobs) -> None:
         """Tokenise each task once per sweep into the shared cache every trial reads (never per trial)."""
+        from ..config import resolve
         from ..models import load_tokenizer
         from ..tickets import tokenize
 
         tokenizer = load_tokenizer(cfg.ticket.model)
-        for name in tasks_of(cfg):
-            tokenize(dataclasses.replace(cfg.ticket, task=name), tokenizer)
+        for name in tasks_of(cfg):  # with the task's per_task data settings (SQuAD's length and stride)
+            tokenize(resolve(dataclasses.replace(cfg.ticket, task=name)), tokenizer)
 
     def group_of(self, cfg: SweepConfig) -> Callable[[dict], str]:
         default = cfg.ticket.task
