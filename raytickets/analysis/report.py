@@ -293,13 +293,13 @@ def summary_html(tables: dict, several_groups: bool) -> str:
     notes = collapse_notes(tables)
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     notes_html = f'<p class="collapse">Layer collapse in the chosen tickets:</p><ul>{items}</ul>' if notes else ""
-    compact = html_table(COMPACT_HEADER, rows, numeric=range(2, 8), escape=False) if rows else "<p>No curves.</p>"
+    compact = html_table(COMPACT_HEADER, rows, numeric=range(2, 8), escape=False, cls="compact")
     full = html_table(SUMMARY_HEADER, summary_rows(tables))
     return (f"<h2>Summary</h2>{notes_html}<div class=\"scroll\">{compact}</div>"
             f"<details><summary>Every column (as summary.md)</summary><div class=\"scroll\">{full}</div></details>")
 
 
-def html_table(header, rows, numeric=(), escape: bool = True) -> str:
+def html_table(header, rows, numeric=(), escape: bool = True, cls: str = "") -> str:
     """A header and rows of cells as an HTML table; cells are escaped unless `escape` is False (cells built as
     HTML); columns in `numeric` are right-aligned and never wrap."""
     numeric = set(numeric)
@@ -308,7 +308,8 @@ def html_table(header, rows, numeric=(), escape: bool = True) -> str:
     body = "".join("<tr>" + "".join(
         f"<td{attr.get(i, '')}>{html.escape(str(c)) if escape else c}</td>" for i, c in enumerate(row)) + "</tr>"
         for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table_class = f' class="{cls}"' if cls else ""
+    return f"<table{table_class}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _figure(figures: list, name: str, caption: str, fig) -> str:
@@ -398,7 +399,7 @@ table {{ border-collapse: collapse; font-size: 0.88em; margin: 0.5rem 0; }}
 th, td {{ border-bottom: 1px solid var(--rule); padding: 0.35em 0.7em; text-align: left; vertical-align: top; }}
 th {{ background: var(--soft); font-weight: 600; white-space: nowrap; }}
 td.num {{ text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }}
-tbody tr:nth-child(even) {{ background: #fafbfc; }}
+tbody tr:nth-child(even) {{ background: #fafbfc; }} table.compact td {{ white-space: nowrap; }}
 p.status {{ color: var(--muted); font-size: 0.92em; margin: 0 0 0.5rem; }}
 p.warn {{ color: var(--warn); font-size: 0.92em; margin: 0 0 0.5rem; }}
 figure {{ margin: 1rem 0; }} img {{ max-width: 100%; height: auto; display: block; }}
