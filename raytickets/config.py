@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,6 +446,9 @@ def _section_fields(section: str) -> set[str]:
     return {f.name for f in dataclasses.fields({"data": DataConfig, "train": TrainConfig, "prune": PruneConfig}[section])}
 
 
+MAX_RESOURCE_QUANTITY = 100e12  # the most of one resource Ray accepts (ray/_private/ray_constants.py)
+
+
 @dataclass
 class ResourcesConfig:
     num_workers: int = 1  # Ray Train workers per trial (DDP)
@@ -462,8 +466,14 @@ class ResourcesConfig:
             raise ConfigError(f"{path}.cpus_per_worker: {self.cpus_per_worker} must be > 0")
         if self.trial_driver_cpus <= 0:  # Tune cannot place a trial that asks for nothing
             raise ConfigError(f"{path}.trial_driver_cpus: {self.trial_driver_cpus} must be > 0 (e.g. 0.1)")
-        if self.num_cpus is not None and self.num_cpus < 1:
-            raise ConfigError(f"{path}.num_cpus: {self.num_cpus} must be >= 1 or null")
+        if self.num_cpus is not None and not 1 <= self.num_cpus <= MAX_RESOURCE_QUANTITY:
+            raise ConfigError(f"{path}.num_cpus: {self.num_cpus} must be null or from 1 to {MAX_RESOURCE_QUANTITY:.0e}")
+        for name in ("cpus_per_worker", "gpus_per_worker", "trial_driver_cpus"):  # nan passes every comparison
+            if getattr(self, name) > MAX_RESOURCE_QUANTITY or not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{path}.{name}: {getattr(self, name)} must be a finite number of at most "
+                                  f"{MAX_RESOURCE_QUANTITY:.0e}")
+        if self.gpus_per_worker < 0 or (self.use_gpu and self.gpus_per_worker == 0):
+            raise ConfigError(f"{path}.gpus_per_worker: {self.gpus_per_worker} must be > 0 with use_gpu (>= 0 without)")
 
 
 @dataclass

@@ -7,6 +7,7 @@ import os
 
 from ..errors import one_line
 from . import modes
+from .capacity import preflight
 from .tuner import load_config, run, stages
 
 
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
-        print(dry_run(cfg))
+        print(dry_run(cfg), flush=True)
+        preflight(cfg, args.address, args.dashboard_port)  # what the run checks before Ray starts (capacity.py)
         return 0
     run(cfg, args.address, args.resume, args.temp_dir, args.dashboard_port)
     return 0

@@ -9,6 +9,7 @@ process rebuilds it once; a transfer trial's job (`transfer.TransferJob` / `OwnJ
 from __future__ import annotations
 
 import json
+import os
 
 from ..config import SweepConfig, TicketConfig
 from ..loader import apply_overrides, build, to_dict
@@ -30,14 +31,20 @@ def trial_ticket(cfg: SweepConfig, params: dict) -> TicketConfig:
     return ticket
 
 
-def trial_driver(params: dict, sweep: dict) -> None:
+def trial_driver(params: dict, sweep: dict, start_timeout_s: float | None = None) -> None:
     """Tune trainable: run the mode's job for this trial on `num_workers` Ray Train workers (their round reports
-    reach Tune through TuneReportCallback), then report what the mode reads back, if anything."""
+    reach Tune through TuneReportCallback), then report what the mode reads back, if anything. On a cluster that
+    cannot grow, workers not placed within `start_timeout_s` fail the trial in one line (`capacity.CapacityError`)."""
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+    from ray.train.v2.api.exceptions import ControllerError
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from .capacity import start_timeout_s as start_timeout
+    from .capacity import workers_did_not_start
     from .cluster import trial_resources
     from .modes import of
 
@@ -49,6 +56,8 @@ def trial_driver(params: dict, sweep: dict) -> None:
     job = mode.trial_job(cfg, params, {"id": trial_id, "pg": trial_pg})
     if job.loop is not None:
         r = cfg.resources
+        if start_timeout_s is not None:  # Train hands it on from this process to its controller
+            os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = str(start_timeout_s)
         trainer = TorchTrainer(
             job.loop,
             train_loop_config=job.config,
@@ -60,11 +69,18 @@ def trial_driver(params: dict, sweep: dict) -> None:
                 name=f"train-{trial_id}",
                 storage_path=f"{sweep_dir(cfg)}/train",
                 callbacks=[TuneReportCallback()],
-                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+                # A worker group not placed in time is a controller failure, which Train retries without end by
+                # default: on a cluster that cannot grow, one try; Tune's retry waits for room (capacity.py).
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures,
+                                                       controller_failure_limit=-1 if r.autoscaling else 0),
             ),
         )
         try:
             trainer.fit()
+        except ControllerError as error:
+            if isinstance(error.controller_failure, WorkerGroupStartupTimeoutError):
+                raise workers_did_not_start(cfg, trial_id, start_timeout_s or start_timeout()) from None
+            raise
         finally:  # the run is over: nothing of it may hold the cluster (ray-project/ray#54305)
             if trial_pg is not None:
                 remove_leftover_placement_groups(trial_pg, owners={trial_pg: trial_id})

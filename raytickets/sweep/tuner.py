@@ -24,7 +24,8 @@ from .. import config
 from ..config import SweepConfig
 from ..errors import ConfigError, RayticketsError
 from . import modes
-from .cluster import check_resources, check_storage, connect
+from .capacity import CapacityWatch, check_cluster, limited, preflight, start_timeout_s
+from .cluster import check_storage, connect
 from ..store import ResultsStore
 from .layout import results_dir, sweep_dir, sweep_record, work_dir
 from .trial import remove_leftover_placement_groups, trial_driver
@@ -139,8 +140,10 @@ def make_tuner(cfg: SweepConfig, space: dict, restore: bool = False):
 
     mode = modes.of(cfg)
     metric = cfg.search.metric
+    timeout_s = start_timeout_s()
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, sweep=config.to_dict(cfg)), {"cpu": cfg.resources.trial_driver_cpus}
+        tune.with_parameters(trial_driver, sweep=config.to_dict(cfg), start_timeout_s=timeout_s),
+        {"cpu": cfg.resources.trial_driver_cpus},
     )
     if restore:
         # tuner.pkl leaves the param space out (Ray 2.60 `TunerInternal.__getstate__`): without it, a sweep killed
@@ -161,18 +164,19 @@ def make_tuner(cfg: SweepConfig, space: dict, restore: bool = False):
             mode="max", max_t=MAX_ROUNDS, grace_period=cfg.search.grace_period,
             reduction_factor=cfg.search.reduction_factor,
         )
+    # search.max_concurrent_trials, lowered to the whole trials the live nodes hold and re-read as they change
+    search_alg = limited(search_alg, cfg.search.max_concurrent_trials)
     return tune.Tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, scheduler=scheduler,
             num_samples=mode.samples(cfg),
-            max_concurrent_trials=cfg.search.max_concurrent_trials,
         ),
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=cfg.storage_path,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures), verbose=1,
-            callbacks=[PlacementGroupSweeper()],
+            callbacks=[PlacementGroupSweeper(), CapacityWatch(cfg, search_alg, timeout_s)],
         ),
     )
 
@@ -183,6 +187,7 @@ def run(cfg: SweepConfig, address: str | None = None, resume: bool = False, temp
     task of a ticket sweep). On `resume`, a stage that never started starts; one that finished restores at once."""
     from ray import tune
 
+    preflight(cfg, address, dashboard_port)
     parts = stages(cfg)
     if len(parts) == 1:
         return run_stage(cfg, address, resume, temp_dir, dashboard_port)
@@ -203,11 +208,11 @@ def run_stage(cfg: SweepConfig, address: str | None = None, resume: bool = False
     mode = modes.of(cfg)
     if resume and not tune.Tuner.can_restore(sweep_dir(cfg)):
         raise ConfigError(f"--resume: {sweep_dir(cfg)!r} holds no sweep to resume")
-    check_storage(sweep_dir(cfg))
-    state = mode.start(cfg)  # its bad input fails here, before a cluster starts
+    state = mode.start(cfg)  # its bad input fails here, before a cluster starts or a directory is made
     space = mode.space(cfg, state)
+    check_storage(sweep_dir(cfg))  # it leaves nothing behind, so a refusal below leaves storage_path as it was
     context = connect(address, cfg, temp_dir, dashboard_port)
-    check_resources(cfg)
+    check_cluster(cfg, address)  # the need against the live nodes, before any directory is made
     if context is not None and getattr(context, "dashboard_url", None):
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
     print(mode.describe(cfg, state, space), flush=True)
