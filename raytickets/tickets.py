@@ -34,7 +34,8 @@ from .config import TicketConfig, resolve
 from .distributed import agree, barrier, gather, rank_batches, reduce_sum, sync_mask, world
 from .errors import ConfigError
 from .masks import Mask
-from .models import check_patterns, default_include, encoder, load_model, load_tokenizer, prunable_parameters, resolve_model
+from .models import (check_patterns, default_include, encoder, load_model, load_tokenizer, prunable_parameters,
+                     resolve_model, tensor_kind)
 from .precision import autocast, resolve as resolve_precision
 from .pruning import PruneContext, random_prune
 from .rows import RoundRow
@@ -116,6 +117,13 @@ def oneshot_diff(mask: Mask, rewind_state: dict[str, torch.Tensor], target: floa
     return differ / pruned
 
 
+def _without_pooler(mask: Mask, params) -> Mask:
+    """`mask` less a pooler the target model lacks: a GLUE ticket transferred to squad (BertForQuestionAnswering
+    has no pooler) prunes the encoder both share; any other tensor the model lacks stays an error."""
+    gone = [n for n in mask.names if n not in params and tensor_kind(n) == "pooler"]
+    return Mask({n: t for n, t in mask.tensors.items() if n not in gone}) if gone else mask
+
+
 def prunable_of(cfg: TicketConfig, model) -> dict[str, torch.nn.Parameter]:
     """The tensors a trajectory prunes: `prune.include` (default: the model's set) less `prune.exclude`, plus
     what the method itself masks (a removed FFN sublayer's bias). A pattern matching nothing is a typo."""
@@ -140,6 +148,8 @@ class RoundState:
     head: dict[str, torch.Tensor] | None = None  # mlm: the MLM head the round's ticket started from
     resumed: bool = False  # read from disk, not trained by this run
     directory: Path | None = None
+    # each kind's per-step training losses, for the trackers (tracking:); empty for what this run did not train
+    losses: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def ticket(self) -> RoundRow:
@@ -270,6 +280,7 @@ class Trajectory:
     def _full_model(self, prep: Prepared) -> tuple[RoundState, RewindPoint]:
         """Round 0: fine-tune the full model once per (task, model, seed, training, data, rewind step)."""
         k = self.cfg.prune.rewind_step
+        losses: dict[str, list[float]] = {}
         with exclusive(self.full_dir.parent / f"{self.full_dir.name}.lock", self.rank == 0):
             cached = agree(self.layout.full_done())  # all ranks train together, or none
             if not cached:
@@ -278,7 +289,7 @@ class Trajectory:
                 res = finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, self.cfg.train,
                                capture_step=k or None, desc="full model")
                 row = self._row(0, "full", 0.0, res, None, started, None)
-                weights = state_copy(prep.model)
+                weights, losses = state_copy(prep.model), {"full": res.losses}
                 if self.rank == 0:
                     def write(d: Path) -> None:
                         save_file(weights, str(d / "weights.safetensors"))
@@ -291,7 +302,7 @@ class Trajectory:
         weights = load_file(str(self.full_dir / "weights.safetensors"))
         rewind = RewindPoint(load_file(str(self.full_dir / "rewind.safetensors")), k) if k > 0 else prep.initial
         state = RoundState(0, self._read_rows(self.full_dir), Mask.ones_like(prunable_of(self.cfg, prep.model)),
-                           weights, resumed=cached, directory=self.full_dir)
+                           weights, resumed=cached, directory=self.full_dir, losses=losses)
         return state, rewind
 
     # -- round r -----------------------------------------------------------------------------------
@@ -347,7 +358,8 @@ class Trajectory:
         res = self._train(prep, params, mask, rewind, f"round {r} ticket")
         rows = [replace(self._row(r, "ticket", mask.sparsity(), res, mask, started, full.rows[0].metric),
                         oneshot_diff=self._oneshot_diff(mask, rewind, target))]
-        state = RoundState(r, rows, mask, state_copy(prep.model), {mask.mask_id: mask}, dict(prev.chains), head)
+        state = RoundState(r, rows, mask, state_copy(prep.model), {mask.mask_id: mask}, dict(prev.chains), head,
+                           losses={"ticket": res.losses})
         for kind in cfg.prune.baselines:
             started = _now()
             b = BASELINES[kind]
@@ -361,6 +373,7 @@ class Trajectory:
             bres = self._train(prep, params, bmask, start.point, f"round {r} {kind}")
             rows.append(self._row(r, kind, bmask.sparsity(), bres, bmask, started, full.rows[0].metric))
             state.masks[bmask.mask_id] = bmask
+            state.losses[kind] = bres.losses
             if b.chain:
                 state.chains[kind] = {"mask": bmask, "state": state_copy(prep.model)}
         if self.rank == 0:
@@ -444,12 +457,12 @@ class Trajectory:
         else:
             # The row's level is the source ticket's own sparsity: Chen et al. compare TRANSFER(S, T) with T's
             # ticket at S's level, though tensors S lacks (an MLM ticket's pooler) stay dense on T.
-            sparsity, mask = mask.sparsity(), mask.extended_to(params)
+            sparsity, mask = mask.sparsity(), _without_pooler(mask, params).extended_to(params)
         started = _now()
         res = self._train(prep, params, mask, rewind, f"transfer from {source_task}")
         row = replace(self._row(1, "transfer", sparsity, res, mask, started, full.rows[0].metric),
                       source_task=source_task, source_mask_id=source_mask_id)
-        self._emit(on_round, RoundState(1, [row], mask, masks={mask.mask_id: mask}))
+        self._emit(on_round, RoundState(1, [row], mask, masks={mask.mask_id: mask}, losses={"transfer": res.losses}))
         return [*full.rows, row]
 
     # -- rows ----------------------------------------------------------------------------------------

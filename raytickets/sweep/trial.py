@@ -16,6 +16,7 @@ from ..loader import apply_overrides, build, to_dict
 from .layout import results_dir, sweep_dir, work_dir
 from .transfer import TransferJob, job_of, overrides_of
 
+STEP_LOSSES = "step_losses"  # a round report's per-step training losses: {kind: [loss of each step]}
 JOB_KEY = "job"  # search-space key of a transfer sweep's trials: a transfer job as a dict (transfer.plan)
 PACK_KEY = "trajectories"  # search.trajectories_per_trial > 1: a trial's grid points, a list of params dicts
 
@@ -182,6 +183,7 @@ def run_trajectory(cfg: SweepConfig, ticket: TicketConfig, params: dict, trial: 
     recorder = Recorder(ResultsStore(results_dir(cfg)) if rank == 0 else None, ticket.keep_weights,
                         sweep=cfg.name, trial=trial, node_id=ray.get_runtime_context().get_node_id())
     best: dict[str, float] = {}
+    full_losses: dict[str, list[float]] = {}
 
     def on_round(state) -> None:
         recorder(state)
@@ -189,7 +191,10 @@ def run_trajectory(cfg: SweepConfig, ticket: TicketConfig, params: dict, trial: 
         for line in round_lines(state):  # the trial's log (the dashboard shows it per worker)
             print(line, flush=True)
         if state.round == 0:
+            full_losses.update(state.losses)  # reported with round 1
             return  # the full model: the bar, not a point of the trajectory for the scheduler
+        losses = {**full_losses, **state.losses}
+        full_losses.clear()
         report = {"gain": main.metric - main.full_metric, "metric": main.metric, "sparsity": main.sparsity}
         for key, value in report.items():  # Optuna scores a trial by its best round, not its last
             best[key] = max(best.get(key, float("-inf")), value)
@@ -201,6 +206,7 @@ def run_trajectory(cfg: SweepConfig, ticket: TicketConfig, params: dict, trial: 
             "replica_mask_ids": ",".join(traj.replica_mask_ids.get(state.round, [])),
             "node_id": ray.get_runtime_context().get_node_id(),
             "trial_placement_group": trial_pg,  # names the trial in sweep.PlacementGroupSweeper's log
+            STEP_LOSSES: losses,  # per-step training losses of each kind, for the trackers (tracking.py)
         })
 
     job = job_of(params.get(JOB_KEY, {}))

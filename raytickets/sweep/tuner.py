@@ -23,10 +23,10 @@ from ray.tune.schedulers import ASHAScheduler
 from .. import config
 from ..config import SweepConfig
 from ..errors import ConfigError, RayticketsError
-from . import modes
+from ..store import ResultsStore
+from . import modes, tracking
 from .capacity import CapacityWatch, check_cluster, limited, preflight, start_timeout_s
 from .cluster import check_storage, connect
-from ..store import ResultsStore
 from .layout import results_dir, sweep_dir, sweep_record, work_dir
 from .trial import remove_leftover_placement_groups, trial_driver
 
@@ -44,6 +44,7 @@ def validate(cfg: SweepConfig) -> SweepConfig:
     mode = modes.of(cfg)  # an unknown search.mode first: it decides what the rest means
     cfg.validate(reads_ticket=mode.reads_ticket(cfg))
     mode.validate(cfg)
+    tracking.check(cfg)
     return cfg
 
 
@@ -176,7 +177,7 @@ def make_tuner(cfg: SweepConfig, space: dict, restore: bool = False):
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=cfg.storage_path,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures), verbose=1,
-            callbacks=[PlacementGroupSweeper(), CapacityWatch(cfg, search_alg, timeout_s)],
+            callbacks=[PlacementGroupSweeper(), CapacityWatch(cfg, search_alg, timeout_s), *tracking.callbacks(cfg)],
         ),
     )
 

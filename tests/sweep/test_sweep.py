@@ -312,15 +312,40 @@ def test_transfer_sweep_writes_one_row_per_source_target_and_seed(tmp_path, tiny
 
 
 def test_the_smoke_config_runs_as_shipped_on_a_tiny_model(tmp_path, tiny_model_dir, glue_dir, ray_tmp):
-    """configs/smoke.yaml, the README's main job, with only the model and the amount of work made small."""
+    """configs/smoke.yaml, the README's main job, with only the model and the amount of work made small, and MLflow
+    tracking on (`tracking.mlflow: {}`: the real package, its default store in the results root): one MLflow run
+    per trial with each round's metrics and every training step's loss."""
+    import mlflow
+
     proc = run_sweep(REPO / "configs" / "smoke.yaml", ray_tmp, f"storage_path={tmp_path / 'storage'}",
                      f"ticket.model={tiny_model_dir}", f"ticket.data.glue_dir={glue_dir}",
                      "ticket.data.max_train_examples=32", "ticket.data.max_dev_examples=32", "ticket.train.max_steps=2",
-                     "search.num_samples=2", f"ticket.data.cache_dir={tmp_path / 'cache'}")
+                     "search.num_samples=2", f"ticket.data.cache_dir={tmp_path / 'cache'}", "tracking.mlflow={}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "sweep smoke: optuna search" in proc.stdout and "super ticket per task" in proc.stdout
-    rows = ResultsStore(tmp_path / "storage" / "smoke" / "results").rounds()
+    results = tmp_path / "storage" / "smoke" / "results"
+    rows = ResultsStore(results).rounds()
     assert (rows["kind"] == "ticket").sum() >= 2 and rows["setting_id"].notna().all()
+
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        runs = mlflow.search_runs(experiment_names=["smoke"], output_format="list")
+    finally:
+        mlflow.set_tracking_uri(None)
+    tickets = rows[rows["kind"] == "ticket"]
+    assert sorted(r.info.run_name.split("_")[-1] for r in runs) == sorted(
+        {t.split("_")[-1] for t in tickets["trial"]})  # one run per trial (Tune's trial name, its id at the end)
+    for run in runs:
+        reported = client.get_metric_history(run.info.run_id, "gain")
+        assert [m.step for m in reported] == list(range(1, len(reported) + 1))  # one point per round
+        ticket_losses = client.get_metric_history(run.info.run_id, "train_loss/ticket")
+        assert [m.step for m in ticket_losses] == list(range(2 * len(reported)))  # 2 steps a round
+        assert all(m.value > 0 for m in ticket_losses)
+        assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(results)  # not ./mlruns
+    # the trials share one full model (task, seed and training alike): the trial that trained it logs its 2 steps
+    assert sum(len(client.get_metric_history(r.info.run_id, "train_loss/full")) for r in runs) == 2
 
 
 def test_the_mlm_transfer_config_is_one_command_of_two_stages_and_resumes_without_duplicates(
