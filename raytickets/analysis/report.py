@@ -152,18 +152,20 @@ def curve_html(key: tuple, sel: dict, paths: pd.DataFrame, level_round: pd.DataF
     anchor = curve_anchor(tag, key)
     status = (f"{first.metric_name}" + (f" ({first.metric_convention})" if isinstance(first.metric_convention, str)
                                         else "")
-              + f" · full model {_num(first.full_mean)} ± {_num(first.full_std)} ({_seeds(first.full_seeds)})"
+              + f" · full model {_mean_std(first.full_mean, first.full_std, first.full_seeds)}"
               + (f" · chance {_num(first.chance)} + margin {_num(first.min_above_chance)}"
                  if not math.isnan(first.chance) else " · chance unknown (rows without chance_metric)")
               + (f" · {first.dev_examples} dev examples" if first.dev_examples > 0 else ""))
     verdict = ("" if first.learned else
                f'<p class="warn">{html.escape(did_not_learn(first))}: no matching sparsity or super ticket.</p>')
-    single = (of_curve(sel["curves"], key)["seeds"] < 2).any()
-    caption = ("Ticket mean ± std over seeds (line and shaded band), baselines (dashed), full model (grey band: "
-               "mean ± std), chance (dotted; shaded up to the margin a full model must clear); ○ matching (paper), "
-               "□ matching (strict), ★ super ticket"
+    mine = of_curve(sel["curves"], key)
+    baselines = [k for k in BASELINE_KINDS if (mine["kind"] == k).any()]
+    caption = ("Ticket mean ± std over seeds (line and shaded band)"
+               + (f", baselines ({', '.join(baselines)}; dashed)" if baselines else ", no baseline in these rows")
+               + ", full model (grey band: mean ± std), chance (dotted; shaded up to the margin a full model must "
+               "clear); ○ matching (paper), □ matching (strict), ★ super ticket"
                + ("; a level measured on one seed is a point, not joined to levels of other trials; a thin line joins "
-                  "one trial's own rounds" if single else ""))
+                  "one trial's own rounds" if (mine["seeds"] < 2).any() else ""))
     fig = curve_figure(supers, sel["curves"], paths, keys=[key])
     name = curve_anchor(tag, key).replace("curve-", "curves-", 1) + ".png"
     return (f'<section class="curve" id="{anchor}"><h3>{html.escape(title)}</h3>'
@@ -269,8 +271,8 @@ chance value (majority class; 0 for a correlation) by the margin (two standard e
 set) learned nothing, so its curve has no matching sparsity, super ticket or transfer verdict.</p></details>"""
 
 
-COMPACT_HEADER = ("curve", "metric", "full model", "matching (paper / strict)", "super ticket", "gain", "p_selection",
-                  "seeds")
+COMPACT_HEADER = ("curve", "metric", "full model (seeds)", "matching (paper / strict)", "super ticket", "gain",
+                  "p_selection")
 
 
 def summary_html(tables: dict, several_groups: bool) -> str:
@@ -287,13 +289,13 @@ def summary_html(tables: dict, several_groups: bool) -> str:
         link = f'<a href="#{curve_anchor(tag, key)}">{html.escape(title)}</a>'
         matching = (f"{_pct(r.matching_sparsity_paper)} / {_pct(r.matching_sparsity_strict)}" if r.learned
                     else "did not learn")
-        rows.append([link, html.escape(r.metric_name), html.escape(f"{_num(r.full_mean)} ± {_num(r.full_std)}"),
+        rows.append([link, html.escape(r.metric_name), html.escape(_mean_std(r.full_mean, r.full_std, r.full_seeds)),
                      html.escape(matching), _pct(r.super_sparsity), _num(r.gain, signed=True),
-                     html.escape(f"{_num(r.p_selection, '.3g')} (K={r.levels_tested})"), str(r.full_seeds)])
+                     html.escape(f"{_num(r.p_selection, '.3g')} (K={r.levels_tested})")])
     notes = collapse_notes(tables)
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     notes_html = f'<p class="collapse">Layer collapse in the chosen tickets:</p><ul>{items}</ul>' if notes else ""
-    compact = html_table(COMPACT_HEADER, rows, numeric=range(2, 8), escape=False, cls="compact")
+    compact = html_table(COMPACT_HEADER, rows, numeric=range(2, 7), escape=False, cls="compact")
     full = html_table(SUMMARY_HEADER, summary_rows(tables))
     return (f"<h2>Summary</h2>{notes_html}<div class=\"scroll\">{compact}</div>"
             f"<details><summary>Every column (as summary.md)</summary><div class=\"scroll\">{full}</div></details>")
@@ -335,11 +337,8 @@ def _of(name: str, several: bool) -> str:
 
 
 def _mean_std(mean: float, std: float, seeds: int) -> str:
-    return f"{_num(mean)} ± {_num(std)} (n={seeds})" if seeds > 1 else f"{_num(mean)} (n=1)"
-
-
-def _seeds(n: int) -> str:
-    return f"{n} seed" + ("" if n == 1 else "s")
+    """"mean ± std (n=k)"; one seed has no std to show: "mean (n=1)"."""
+    return f"{_num(mean)} ± {_num(std)} (n={seeds})" if seeds > 1 else f"{_num(mean)} (n={seeds})"
 
 
 def _seed_list(seeds: list[int]) -> str:

@@ -340,6 +340,7 @@ def test_the_summary_is_compact_with_every_column_behind_it(report):
     compact = summary[:summary.index("</table>")]
     assert compact.count("<th>") == len(COMPACT_HEADER) <= 8 and compact.count("<tr>") == 1 + len(TASKS)
     assert 'href="#curve-tiny-magnitude-sst2"' in compact and 'id="curve-tiny-magnitude-sst2"' in page
+    assert '<td class="num">0.9000 ± 0.0020 (n=3)</td>' in compact
     assert summary.index("<details><summary>Every column") < summary.index("<th>p_welch (unpaired, unadjusted)</th>")
     rules = page[page.index("<h2>Rules</h2>"):page.index("<h2>Summary</h2>")]
     assert rules.count("<li>") == 6 and "<details><summary>The rules in full" in rules
