@@ -231,7 +231,7 @@ def header_html(tables: dict, rounds: pd.DataFrame, records: list[dict], root: s
                 + f" · {hours(c['wall_hours'])} of fine-tuning wall time"
                 + (f" on {c['nodes']} node(s)" if c["nodes"] else "") + " · "
                 + f"{hours(c['cpu_hours'])} CPU" + (f" · {hours(c['gpu_hours'])} GPU" if c["gpu_hours"] else "")
-                + (f" ({c['unpriced']} fine-tunes without a sweep record not priced)" if c["unpriced"] else ""))
+                + (f" ({c['unpriced']} fine-tunes without a sweep record: not priced)" if c["unpriced"] else ""))
         items.append(("cost", html.escape(text)))
     items.append(("report", html.escape(f"raytickets {_version('raytickets')}, written "
                                         f"{_when(datetime.now(timezone.utc))}")))
@@ -291,7 +291,7 @@ def summary_html(tables: dict, several_groups: bool) -> str:
                     else "did not learn")
         rows.append([link, html.escape(r.metric_name), html.escape(_mean_std(r.full_mean, r.full_std, r.full_seeds)),
                      html.escape(matching), _pct(r.super_sparsity), _num(r.gain, signed=True),
-                     html.escape(f"{_num(r.p_selection, '.3g')} (K={r.levels_tested})")])
+                     html.escape(f"{_num(r.p_selection, '.3g')} (K={r.levels_tested})" if r.levels_tested else "—")])
     notes = collapse_notes(tables)
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     notes_html = f'<p class="collapse">Layer collapse in the chosen tickets:</p><ul>{items}</ul>' if notes else ""
