@@ -15,7 +15,7 @@ import sys
 import typing
 from pathlib import Path
 
-from .errors import RayticketsError, one_line
+from .errors import OneLineParser, RayticketsError, one_line
 
 # The ticket flags: (flag, config field it sets, type, help, only for pruning commands).
 _TICKET_FLAGS = [
@@ -108,11 +108,10 @@ def cmd_finetune(args) -> int:
     from .tickets import prepare, prunable_of
     from .train import finetune, state_copy
 
+    mask = Mask.load(args.mask) if args.mask else None  # a bad file fails before the task is tokenised
     prep = prepare(cfg)
     params = prunable_of(cfg, prep.model)
-    mask = None
-    if args.mask:
-        mask = Mask.load(args.mask)
+    if mask is not None:
         mask.validate(params)  # MaskError names the tensor before any training
     elif args.random_mask:
         gen = torch.Generator().manual_seed(cfg.train.seed)
@@ -211,7 +210,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raytickets", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="raytickets", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("finetune", help="fine-tune one model (optionally under a mask) and evaluate it")
@@ -257,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["sweep"]:  # argparse.REMAINDER refuses a leading option (--config, --help): hand over as is
         from .sweep.cli import main as sweep_main
 
-        return sweep_main(argv[1:])
+        return sweep_main(argv[1:], prog="raytickets sweep")
     return dispatch(parser().parse_args(argv))
 
 

@@ -266,6 +266,8 @@ class TicketConfig:
             raise ConfigError(
                 f"{p}prune.rewind_step: {self.prune.rewind_step} is beyond the {self.train.max_steps} training steps"
             )
+        if TASKS[self.task].is_mlm:  # on disk, so after every field's own check
+            check_mlm_data(self.data, p)
         for task, settings in self.per_task.items():
             if task not in GLUE_TASKS:
                 raise ConfigError(f"{p}per_task: unknown task {task!r}; allowed: {', '.join(GLUE_TASKS)}")
@@ -273,6 +275,17 @@ class TicketConfig:
                 if key.partition(".")[0] not in SECTIONS or key in ("task", "per_task"):
                     raise ConfigError(f"{p}per_task.{task}: {key!r} is not a setting; allowed: data.*, train.*, prune.*")
             _with_task_settings(self, task, f"{p}per_task.{task}").validate(path, imp)
+
+
+def check_mlm_data(data: DataConfig, prefix: str = "") -> None:
+    """The mlm task's corpus (or, when null, the GLUE train splits it falls back to) exists and starts as UTF-8
+    text: checked with the config, so `--dry-run` finds what the run would only find after Ray started."""
+    from .mlm import check_corpus  # numpy and the task table only; torch is imported where tensors are made
+
+    try:
+        check_corpus(data.corpus, data.glue_dir)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}") from None
 
 
 def _with_task_settings(cfg: TicketConfig, task: str, path: str) -> TicketConfig:
@@ -416,6 +429,10 @@ class SearchConfig:
                         build(TicketConfig, apply_overrides(to_dict(ticket), [f"{key}={_yaml(v)}"])).validate()
                     except ConfigError as e:
                         raise ConfigError(f"{path}.space.{key}: value {v!r}: {e}") from None
+        tasks = self.space["task"].values or [] if "task" in self.space else []
+        for t in tasks if ticket is not None else []:  # the template validated its own task and per_task ones
+            if t in TASKS and TASKS[t].is_mlm and t != ticket.task and t not in ticket.per_task:
+                check_mlm_data(ticket.data, f"{path}.space.task: value {t!r}: ticket.")
         if self.num_samples < 1:
             raise ConfigError(f"{path}.num_samples: {self.num_samples} must be >= 1")
         if self.max_concurrent_trials < 1:
@@ -476,6 +493,22 @@ class ResourcesConfig:
             raise ConfigError(f"{path}.gpus_per_worker: {self.gpus_per_worker} must be > 0 with use_gpu (>= 0 without)")
 
 
+NAME_MAX_BYTES = 200  # a folder name: filesystems allow 255 bytes, and the mtl / transfer stages add a suffix
+
+
+def check_name(name: str, field: str = "name") -> None:
+    """A sweep's name is one folder under storage_path (`<storage_path>/<name>`): `..` would put the results
+    in storage_path's parent and `.` in storage_path itself, a separator would nest them elsewhere, and a tab,
+    newline or other unprintable character makes a path no one can type."""
+    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    bad = next((c for c in name if c in seps or c.isspace() or not c.isprintable()), None)
+    if not name or name in (".", "..") or bad is not None or len(name.encode()) > NAME_MAX_BYTES:
+        what = f" (it holds {bad!r})" if bad is not None else ""
+        raise ConfigError(f"{field}: {name!r}{what} is not a folder name; allowed: one non-empty path component, not "
+                          f"'.' or '..', without slashes, whitespace or control characters, at most "
+                          f"{NAME_MAX_BYTES} bytes")
+
+
 @dataclass
 class SweepConfig:
     name: str = "sweep"
@@ -490,8 +523,7 @@ class SweepConfig:
     def validate(self, path: str = "", reads_ticket: bool = True) -> None:
         """`reads_ticket`: whether the sweep's mode trains from the ticket template (its mode says; one that reads
         none checks that it is unset)."""
-        if not self.name or any(c in self.name for c in "/\\ "):
-            raise ConfigError(f"name: {self.name!r} must be non-empty, without slashes or spaces")
+        check_name(self.name)
         if reads_ticket:
             self.ticket.validate("ticket")  # the template of every trial
         self.search.validate("search", self.ticket if reads_ticket else None)

@@ -1,5 +1,8 @@
 """The error types raytickets raises for bad input; the CLI prints them as one line and exits 2."""
 
+import argparse
+import sys
+
 
 class RayticketsError(Exception):
     """Base class: a problem with what the user asked for, reported before any work starts."""
@@ -23,10 +26,18 @@ class ResultsError(RayticketsError, ValueError):
 
 def one_line(command, *args) -> int:
     """Run a command's handler: its exit code, or 2 with bad input's one-line error on stderr (no traceback)."""
-    import sys
-
     try:
         return command(*args)
     except RayticketsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, `PROG: error: MESSAGE (see PROG --help)`, exit code 2:
+    argparse's own prints the usage block first (5-7 lines), which buries the error. Subparsers inherit it
+    (`add_subparsers` makes its parsers of the parent's class)."""
+
+    def error(self, message: str):
+        text = " ".join(str(message).splitlines())  # a value with a newline in it must not break the one line
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")

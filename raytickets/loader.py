@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import math
 import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -29,9 +30,48 @@ def build(cls: type, data: Mapping[str, Any] | None, path: str = ""):
     for key in data:
         if key not in names:
             where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"{where}: unknown key; allowed: {', '.join(names)}")
+            raise ConfigError(f"{where}: unknown key{_did_you_mean(cls, key, data[key], path)}; allowed: "
+                              f"{', '.join(names)}")
     kwargs = {k: _convert(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _did_you_mean(cls: type, key, value, path: str) -> str:
+    """A key that belongs one section deeper (`train.learning_rate` in a sweep, whose ticket template holds
+    `train`), or a close spelling of an allowed key: the suggestion of an unknown-key error."""
+    import difflib
+
+    key = str(key)
+    queue, found = [(cls, "")], []
+    for _ in range(3):  # sections nest at most a few deep (sweep > ticket > train)
+        deeper = []
+        for tp, prefix in queue:
+            for f in dataclasses.fields(tp):
+                inner = _dataclass_of(typing.get_type_hints(tp)[f.name])
+                if inner is None:
+                    continue
+                if key in {g.name for g in dataclasses.fields(inner)}:
+                    found.append(f"{prefix}{f.name}.{key}")
+                deeper.append((inner, f"{prefix}{f.name}."))
+        queue = deeper
+    if found:
+        leaf = value
+        suffix = ""
+        while isinstance(leaf, Mapping) and len(leaf) == 1:  # `train={learning_rate: 3e-5}` from an override
+            (k, leaf), = leaf.items()
+            suffix += f".{k}"
+        where = f"{path}." if path else ""
+        return f" (did you mean {where}{found[0]}{suffix}?)"
+    close = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(cls)], n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _dataclass_of(tp) -> type | None:
+    """The dataclass a field holds, directly or as `X | None`."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+    return inner[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and inner else None
 
 
 def _convert(tp, value, path: str):
@@ -67,23 +107,46 @@ def _convert(tp, value, path: str):
             return value
         raise ConfigError(f"{path}: {value!r} is not a boolean (true/false)")
     if tp in (int, float):
-        if isinstance(value, bool):  # float(True) == 1.0: a boolean must not pass as a number
-            raise ConfigError(f"{path}: {value!r} is not a number ({tp.__name__})")
-        if not isinstance(value, (int, float)):
-            try:
-                value = float(value) if tp is float else int(str(value))
-            except (TypeError, ValueError):
-                raise ConfigError(f"{path}: {value!r} is not a number ({tp.__name__})") from None
-        if not math.isfinite(value):  # "nan" would pass every range check (nan <= 0 is False)
-            raise ConfigError(f"{path}: {value!r} is not a finite number ({tp.__name__})")
-        if tp is int and float(value) != int(value):
-            raise ConfigError(f"{path}: {value!r} is not an integer")
-        return tp(value)
+        return _number(tp, value, path)
     if tp is str:
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{path}: {value!r} is not a string")
         return str(value)
     return value
+
+
+# Every int setting ends up in an int64 somewhere (Parquet rows, torch seeds, Tune's sample count): a larger one
+# is a typo, refused here rather than as an OverflowError deep inside a run.
+INT_MAX = 2**63 - 1
+
+
+def _number(tp: type, value, path: str):
+    """`value` as an int or float setting: finite, and an integer within int64 for int fields."""
+    if isinstance(value, bool):  # float(True) == 1.0: a boolean must not pass as a number
+        raise ConfigError(f"{path}: {value!r} is not a number ({tp.__name__})")
+    if not isinstance(value, (int, float)):
+        try:
+            value = float(value) if tp is float else int(str(value))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: {_short(value)} is not a number ({tp.__name__})") from None
+    if isinstance(value, int) and abs(value) > (INT_MAX if tp is int else sys.float_info.max):
+        # float(10**400) raises OverflowError; an int beyond int64 overflows later, far from the config
+        limit = "2**63 - 1" if tp is int else f"{sys.float_info.max:.4g}"
+        raise ConfigError(f"{path}: {_short(value)} is too large; at most {limit} ({tp.__name__})")
+    if not math.isfinite(value):  # "nan" would pass every range check (nan <= 0 is False)
+        raise ConfigError(f"{path}: {value!r} is not a finite number ({tp.__name__})")
+    if tp is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ConfigError(f"{path}: {value!r} is not an integer")
+        if abs(value) > INT_MAX:
+            raise ConfigError(f"{path}: {value!r} is too large; at most 2**63 - 1 (int)")
+    return tp(value)
+
+
+def _short(value) -> str:
+    """A value as an error shows it: a 400-digit number by its first digits and its length, not in full."""
+    text, raw = repr(value), str(value)
+    return text if len(text) <= 40 else f"{raw[:20]}... ({len(raw)} characters)"
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
@@ -94,8 +157,10 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
+            value = yaml.load(raw, Loader=UniqueKeyLoader) if raw != "" else ""
+        except DuplicateKey as e:
+            raise ConfigError(f"override {item!r}: {e}") from None
+        except (yaml.YAMLError, ValueError):  # not YAML (ValueError: an int past Python's digit limit): a string
             value = raw
         node = data
         parts = _split_key(key, data)
@@ -130,13 +195,58 @@ def _split_key(key: str, data: dict) -> list[str]:
     return parts
 
 
+class DuplicateKey(Exception):
+    """A mapping in YAML text gives one key twice (the message names the key and both lines)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error: SafeLoader keeps the last
+    silently, so a forgotten earlier `epochs: 1` would quietly lose to a later `epochs: 3`. Keys merged in with
+    `<<: *anchor` may still be overridden; that is what merging is for."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise DuplicateKey(f"key {key!r} is given twice (lines {seen[key]} and {line})")
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    break
+        return super().construct_mapping(node, deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, UniqueKeyLoader.construct_mapping)
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
+    """A YAML config file as a mapping; a missing, unreadable, non-UTF-8 or invalid file, or a key given twice,
+    is one ConfigError naming the file (and the line)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config: file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config: {str(path)!r} is not a file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path} ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"config: {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); save it as "
+                          f"UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=UniqueKeyLoader) or {}
+    except DuplicateKey as e:
+        raise ConfigError(f"config: {path}: {e}") from None
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: an int past Python's digit limit
         raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config: {path} must hold a mapping at the top level")

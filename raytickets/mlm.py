@@ -9,6 +9,8 @@ one memory-mapped cache.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import hashlib
 import itertools
 import json
@@ -17,7 +19,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .errors import ConfigError, DataError
 from .atomic import exclusive, write_dir_atomically
@@ -60,6 +61,33 @@ def corpus_texts(corpus: str | None, glue_dir: str | Path | None) -> tuple[list[
     raise ConfigError(f"{CORPUS_FIELD}: {corpus!r} does not exist; allowed: {CORPUS_ALLOWED}")
 
 
+SNIFF_BYTES = 1 << 16  # check_corpus reads this much of each file: a config check must not read WikiText-103
+
+
+def check_corpus(corpus: str | None, glue_dir: str | Path | None) -> None:
+    """What `corpus_texts` would refuse, found without reading the corpus: a missing path, a directory without
+    .txt files, a file that starts binary or not UTF-8, no GLUE train split for a null corpus. Run when a config
+    is validated (`--dry-run` included), so a bad corpus fails before Ray starts or a cache is written. A datasets
+    id is not looked up here (that would load it); a file that turns bad past its first 64 KiB fails when read."""
+    if corpus is None:
+        _glue_train_files(glue_dir)
+        return
+    if not isinstance(corpus, str) or not corpus.strip():
+        raise ConfigError(f"{CORPUS_FIELD}: {corpus!r}; allowed: {CORPUS_ALLOWED}")
+    path = Path(corpus).expanduser()
+    if path.is_dir():
+        files = _txt_files(path)
+    elif path.exists():
+        files = [path]
+    elif _is_hub_id(corpus):
+        return
+    else:
+        raise ConfigError(f"{CORPUS_FIELD}: {corpus!r} does not exist; allowed: {CORPUS_ALLOWED}")
+    for f in files:
+        if not _decode(f, SNIFF_BYTES).strip() and f.stat().st_size <= SNIFF_BYTES:
+            raise ConfigError(f"{CORPUS_FIELD}: {f} holds no text; allowed: {CORPUS_ALLOWED}")
+
+
 def _size(docs: Sequence[str]) -> str:
     return f"{len(docs):,} documents, {sum(len(d.split()) for d in docs):,} words"
 
@@ -72,17 +100,24 @@ def _is_hub_id(corpus: str) -> bool:
             and re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", corpus) is not None)
 
 
-def _decode(path: Path) -> str:
-    """The file's text, or a one-line error when it is not UTF-8 text (a NUL byte means binary)."""
+def _decode(path: Path, limit: int | None = None) -> str:
+    """The file's text (its first `limit` bytes), or a one-line error when it is not UTF-8 text (a NUL byte means
+    binary)."""
     if not path.is_file():
         raise ConfigError(f"{CORPUS_FIELD}: {path} is not a regular file; allowed: {CORPUS_ALLOWED}")
-    raw = path.read_bytes()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read() if limit is None else f.read(limit)
+            whole = limit is None or not f.read(1)
+    except OSError as exc:
+        raise ConfigError(f"{CORPUS_FIELD}: cannot read {path} ({exc.strerror or exc}); allowed: {CORPUS_ALLOWED}"
+                          ) from None
     nul = raw.find(b"\0")
     if nul >= 0:
         raise ConfigError(f"{CORPUS_FIELD}: {path} is binary, not UTF-8 text (NUL byte at offset {nul}); "
                           f"allowed: {CORPUS_ALLOWED}")
-    try:
-        return raw.decode("utf-8-sig")
+    try:  # a prefix may end inside a character: only a whole file must end on a complete one
+        return codecs.getincrementaldecoder("utf-8-sig")().decode(raw, final=whole)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{CORPUS_FIELD}: {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
                           f"{exc.start}); allowed: {CORPUS_ALLOWED}") from None
@@ -105,12 +140,17 @@ def _file_texts(path: Path) -> tuple[list[str], str]:
     return docs, layout
 
 
-def _dir_texts(root: Path) -> tuple[list[str], str]:
+def _txt_files(root: Path) -> list[Path]:
     files = sorted(p for p in root.glob("*.txt") if p.is_file())
     if not files:
         found = sorted(p.name for p in root.iterdir())[:3]
         raise ConfigError(f"{CORPUS_FIELD}: directory {root} has no .txt files "
                           f"(found: {', '.join(found) or 'nothing'}); allowed: {CORPUS_ALLOWED}")
+    return files
+
+
+def _dir_texts(root: Path) -> tuple[list[str], str]:
+    files = _txt_files(root)
     docs = [doc for f in files for doc in _file_texts(f)[0]]
     return docs, f"{root}: {len(files)} .txt files, {_size(docs)}"
 
@@ -286,8 +326,10 @@ def _dataset(input_ids: np.ndarray, labels: np.ndarray):
     return Dataset(table)
 
 
-def collate_blocks(rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+def collate_blocks(rows: Sequence[dict]) -> dict:
     """Stacks equal-length rows into int64 tensors (no padding: every block has the same length)."""
+    import torch  # here, not at the top: config validation imports this module (check_corpus) without torch
+
     return {key: torch.tensor(np.array([r[key] for r in rows]), dtype=torch.long) for key in rows[0]}
 
 
@@ -345,6 +387,7 @@ def mlm_splits(tokenizer, tokenizer_id: str, corpus: str | None, glue_dir: str |
     """
     check_lengths(tokenizer, max_seq_length, max_train_examples, max_dev_examples, seed)
     check_masking(copies, probability)
+    check_corpus(corpus, glue_dir)  # before the lock: a bad corpus leaves no lock file and no cache dir
     key = {
         "format": CACHE_FORMAT, "task": "mlm", "tokenizer": tokenizer_id, "max_seq_length": max_seq_length,
         "max_train_examples": max_train_examples, "max_dev_examples": max_dev_examples, "seed": seed,
@@ -353,7 +396,7 @@ def mlm_splits(tokenizer, tokenizer_id: str, corpus: str | None, glue_dir: str |
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     final = root / f"mlm-{digest}"
-    with exclusive(root / f".mlm-{digest}.lock"):
+    with _building(root, f".mlm-{digest}.lock"):
         if not final.is_dir():
             train, dev, description = _blocks(tokenizer, corpus, glue_dir, max_seq_length, max_train_examples,
                                               max_dev_examples, seed)
@@ -368,6 +411,27 @@ def mlm_splits(tokenizer, tokenizer_id: str, corpus: str | None, glue_dir: str |
 
             write_dir_atomically(final, write)
     return _load(final, copies)
+
+
+@contextlib.contextmanager
+def _building(root: Path, lock_name: str):
+    """The cache's build lock (`atomic.exclusive`). When the build fails (a corpus too small for two blocks, a
+    byte that is not UTF-8 past the part `check_corpus` read), the lock file goes, and so do the cache folders
+    this call made, if empty: bad input leaves nothing behind. A caller already waiting on the same lock then
+    builds, or fails, itself; two builders publish one copy (`atomic.publish`)."""
+    made = [d for d in (root, *root.parents) if not d.exists()]
+    lock = root / lock_name
+    with exclusive(lock):
+        try:
+            yield
+        except BaseException:
+            lock.unlink(missing_ok=True)
+            for d in made:  # deepest first
+                try:
+                    d.rmdir()
+                except OSError:  # not empty: another build's files
+                    break
+            raise
 
 
 def _blocks(tokenizer, corpus, glue_dir, length, max_train, max_dev, seed):

@@ -67,6 +67,42 @@ def write_bytes_atomic(data: bytes, fs: pafs.FileSystem, path: str) -> None:
     write_file_atomically(fs, path, lambda out: out.write(data))
 
 
+def check_writable(fs: pafs.FileSystem, path: str, what: str = "--out", shown: str | None = None) -> None:
+    """ResultsError unless a folder can be made at `path` (a local path or one inside a URI's filesystem); the
+    check writes nothing that stays. Locally, a folder is made and removed in the deepest existing ancestor: a
+    permission bit says nothing to root, and neither does it about a read-only mount or /proc."""
+    shown = shown or path
+    if isinstance(fs, pafs.LocalFileSystem):
+        _check_local_writable(path, what, shown)
+        return
+    probe = f"{path.rstrip('/')}/.write-probe-{os.getpid()}"
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(probe) as out:
+            out.write(b"ok")
+        fs.delete_file(probe)
+    except (OSError, pa.ArrowException) as exc:
+        raise ResultsError(f"{what}: cannot write to {shown} ({first_line(exc)})") from None
+
+
+def _check_local_writable(path: str, what: str, shown: str) -> None:
+    import tempfile
+
+    target = os.path.abspath(os.path.expanduser(path))
+    existing = target
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if existing == target and not os.path.isdir(target):
+        raise ResultsError(f"{what}: {shown} is a file, not a directory")
+    if existing != target and not os.path.isdir(existing):
+        raise ResultsError(f"{what}: cannot write to {shown} ({existing} is a file, not a directory)")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=existing))
+    except OSError as exc:
+        raise ResultsError(f"{what}: cannot write to {shown} (making a folder in {existing}: "
+                           f"{exc.strerror or first_line(exc)})") from None
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -220,14 +256,24 @@ class ResultsStore:
         return relative
 
     def load_weights(self, relative: str) -> dict:
-        """Weights stored by `write_weights` (safetensors: nothing is unpickled)."""
+        """Weights stored by `write_weights` (safetensors: nothing is unpickled). `relative` comes from a row,
+        which anyone can write: a path that leaves the root (`../`, absolute) is refused, never read."""
+        from safetensors import SafetensorError
         from safetensors.torch import load
 
+        parts = str(relative).replace("\\", "/").split("/")
+        if not relative or str(relative).startswith("/") or "://" in str(relative) or ".." in parts:
+            raise ResultsError(f"rounds.weights_path: {relative!r} is not a path inside results dir {self.root}; "
+                               f"allowed: weights/<name>.safetensors, as the writer records it")
         path = self.path(relative)
         if not self._exists(path):
             raise ResultsError(f"{self.display(path)}: weights file is not in results dir {self.root}")
         with self.fs.open_input_stream(path) as f:
-            return load(f.read())
+            raw = f.read()
+        try:
+            return load(raw)
+        except (SafetensorError, ValueError, OSError) as exc:
+            raise ResultsError(f"{self.display(path)}: not a safetensors weights file ({first_line(exc)})") from None
 
     def write_sweep_record(self, record: Mapping[str, Any]) -> None:
         """Store what a sweep ran with (`name`, `config_digest`, its resolved `config`, `started_at`, `versions`)

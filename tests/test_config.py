@@ -134,7 +134,7 @@ def test_bad_ticket_field_is_one_line_naming_field_value_and_allowed(override, e
         (["search.transfer.source=/tmp", "search.transfer.targets=[sst2]", "search.transfer.levels=[1.5]"],
          ["search.transfer.levels:", "1.5", "'matching' or a sparsity in (0, 1)"]),
         (["resources.num_workers=0"], ["resources.num_workers:", "0", ">= 1"]),
-        (["name=my sweep"], ["name:", "'my sweep'", "without slashes or spaces"]),
+        (["name=my sweep"], ["name:", "'my sweep'", "without slashes, whitespace or control characters"]),
         (["search.trajectories_per_trial=3"], ["search.trajectories_per_trial:", "3", "mode: grid and scheduler: none"]),
         (["search.trajectories_per_trial=0"], ["search.trajectories_per_trial:", "0", ">= 1"]),
         (["search.mode=mtl"], ["search.mtl:", "mtl mode needs the multi-task experiment"]),

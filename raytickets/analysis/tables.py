@@ -71,7 +71,10 @@ from ..errors import ResultsError
 from .multitask import chosen_from_rows, format_table, mtl_table, sharing_table
 from .overlap import aggregate_counts, layer_sparsity, overlap, tensor_counts, ticket_masks, unit_counts  # noqa: F401
 from .stats import welch_greater  # noqa: F401
-from ..store import META_VERSION, SCHEMA_VERSION, ResultsStore, first_line, open_filesystem, tag_table, write_parquet_atomic
+from ..store import (
+    META_VERSION, SCHEMA_VERSION, ResultsStore, check_writable, first_line, open_filesystem, tag_table,
+    write_parquet_atomic,
+)
 
 
 _S, _F, _I, _B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
@@ -146,6 +149,7 @@ def analyze(
     beat chance to have learned (None: two standard errors at the dev size; see the rules above).
     """
     store = ResultsStore(results_dir)
+    check_writable(*out_location(store, out_dir), "--out" if out_dir is not None else "results dir")  # before the work
     raw = store.rounds()
     rounds = scored(raw)
     tables = findings(rounds, min_above_chance)

@@ -7,9 +7,11 @@ import importlib.util
 from pathlib import Path
 
 from ..atomic import terminate_cleanly
+import pyarrow.fs as pafs
+
 from ..errors import ConfigError, ResultsError
 from ..models import quiet_transformers
-from ..store import ResultsStore
+from ..store import ResultsStore, check_writable
 from .card import megabytes
 from .model import Report, data_settings
 from .select import DECIMALS, Ticket, find_ticket, present
@@ -40,7 +42,9 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 
 def cmd_export(args) -> int:
     out = Path(args.out)
+    check_apart(out, args.results_dir)
     check_out(out, args.force)
+    check_writable(pafs.LocalFileSystem(), str(out), "--out", args.out)
     if args.glue_dir is not None and not Path(args.glue_dir).expanduser().is_dir():
         raise ConfigError(f"--glue-dir: directory {args.glue_dir!r} does not exist")
     if args.format == "onnx":
@@ -59,6 +63,19 @@ def cmd_export(args) -> int:
         report = publish_dir(out, lambda d: WRITERS[args.format](store, ticket, d, args.glue_dir), args.force)
     print(summary(ticket, report, out))
     return 0
+
+
+def check_apart(out: Path, results_dir: str) -> None:
+    """`--out` neither inside the results root (files there would join its tables: a `rounds/x.parquet` export
+    makes `pandas.read_parquet` of the table fail) nor holding it (`--force` would replace the root with the
+    export)."""
+    if "://" in str(results_dir):
+        return  # a URI's root is not on this disk
+    root, target = Path(results_dir).expanduser().resolve(), out.expanduser().resolve()
+    if target == root or root in target.parents:
+        raise ConfigError(f"--out: {out} is inside the results root {results_dir}; give a directory outside it")
+    if target in root.parents:
+        raise ConfigError(f"--out: {out} holds the results root {results_dir}; give a directory outside it")
 
 
 def _bare_mask(store: ResultsStore, mask_id: str) -> Ticket:

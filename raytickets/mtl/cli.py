@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 
-from ..errors import ConfigError, one_line
+from ..errors import ConfigError, OneLineParser, one_line
 from ..loader import read_yaml
 from .experiment import ARMS, MTLConfig, Plan, load_mtl_config, plan
 from .run import results, run
@@ -47,9 +47,12 @@ _FLAGS = [
 ]
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the `mtl` subcommand (flags, help, handler) to the `raytickets` parser's subparsers."""
-    p = subparsers.add_parser("mtl", help="multi-task learning through shared super tickets (Liang et al. 2021 §5)")
+def add_parser(subparsers, prog: str | None = None) -> argparse.ArgumentParser:
+    """Add the `mtl` subcommand (flags, help, handler) to the `raytickets` parser's subparsers; `prog`: the
+    command its usage errors name, when it is not `raytickets mtl` (`python -m raytickets.mtl`)."""
+    named = {"prog": prog} if prog else {}
+    p = subparsers.add_parser("mtl", help="multi-task learning through shared super tickets (Liang et al. 2021 §5)",
+                              **named)
     p.add_argument("--config", help="YAML with an MTL config (flags and overrides win over it)")
     for flag, _, tp, text in _FLAGS:
         p.add_argument(flag, type=tp, help=text)
@@ -149,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = argparse.ArgumentParser(prog="python -m raytickets.mtl")
-    add_parser(parser.add_subparsers(dest="command", required=True))
+    parser = OneLineParser(prog="python -m raytickets.mtl")
+    add_parser(parser.add_subparsers(dest="command", required=True), prog=parser.prog)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv if argv[:1] == ["mtl"] else ["mtl", *argv])
     return one_line(args.func, args)

@@ -86,8 +86,9 @@ class MTLConfig:
     sweep: SweepConfig | None = None  # the ticket sweep `raytickets mtl --sweep` runs first
 
     def validate(self) -> None:
-        if not self.tasks:
-            raise ConfigError(f"tasks: empty; give two or more of {', '.join(MTL_TASKS)}")
+        if len(self.tasks) < 2:  # one task is single-task training, which `raytickets imp` does
+            got = f"only {self.tasks[0]!r}" if self.tasks else "empty"
+            raise ConfigError(f"tasks: {got}; give two or more of {', '.join(MTL_TASKS)}")
         for name, values, allowed in (("tasks", self.tasks, MTL_TASKS), ("arms", self.arms, tuple(ARMS)),
                                       ("task_settings", list(self.task_settings), self.tasks)):
             for v in values:

@@ -76,10 +76,17 @@ def super_ticket_masks(store: ResultsStore, tasks: Sequence[str], seeds: Sequenc
             for key in [tuple(b[k] for k in CURVE_KEY)]]
     best = [b for b in best if not pd.isna(b["sparsity"])]  # NaN: a curve without a pruned level
     wanted = {t: (task_settings or {}).get(t, setting_id) for t in GLUE}
-    best = [b for b in best if (method is None or b["method"] == method)
-            and (wanted.get(b["task"]) is None or str(b["setting_id"]).startswith(str(wanted[b["task"]])))]
+    of_method = [b for b in best if method is None or b["method"] == method]
+    best = [b for b in of_method
+            if wanted.get(b["task"]) is None or str(b["setting_id"]).startswith(str(wanted[b["task"]]))]
     have = sorted({b["task"] for b in best}, key=list(GLUE).index)
     missing = [t for t in tasks if t not in have]
+    for t in missing:  # a setting that matches none of the task's curves is a typo: name it and what there is
+        theirs = sorted({str(b["setting_id"])[:8] for b in of_method if b["task"] == t})
+        if wanted.get(t) is not None and theirs:
+            field = f"task_settings.{t}" if t in (task_settings or {}) else "setting_id"
+            raise ConfigError(f"{field}: {wanted[t]!r} is no setting of {t}'s tickets in {store.root}; allowed: "
+                              f"{', '.join(theirs)} (or a prefix)")
     if missing:
         raise ResultsError(f"tickets: no super ticket for {', '.join(missing)} in {store.root}; tasks with one: "
                            f"{', '.join(have) or 'none'}")

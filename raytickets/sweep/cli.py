@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..errors import one_line
+from ..errors import OneLineParser, one_line
 from . import modes
 from .capacity import preflight
 from .tuner import load_config, run, stages
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m raytickets.sweep", description="Run a distributed ticket sweep.")
+PROG = "python -m raytickets.sweep"
+
+
+def parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = OneLineParser(prog=prog, description="Run a distributed ticket sweep.")
     p.add_argument("--config", default="configs/smoke.yaml", help="sweep YAML (default configs/smoke.yaml)")
     p.add_argument("--address", help="auto, host:port or ray://host:port of a cluster (default: embedded local Ray)")
     p.add_argument("--resume", action="store_true", help="restore an interrupted sweep of the same name and storage")
@@ -33,9 +36,10 @@ def dry_run(cfg) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """`prog`: the command as the user typed it (`raytickets sweep`), which its usage errors name."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return one_line(_main, parser().parse_args(argv))
+    return one_line(_main, parser(prog).parse_args(argv))
 
 
 def _main(args) -> int:

@@ -4,9 +4,9 @@ trial starts, that the address answers, the storage is writable and a trial's wo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from pathlib import Path
 from urllib.parse import urlparse
 
 from ..config import SweepConfig
@@ -27,22 +27,16 @@ def check_address(address: str) -> None:
 
 
 def check_storage(target_dir: str) -> None:
-    """Write and remove a probe file, so an unwritable storage path fails before any trial starts."""
-    import pyarrow.fs as pafs
+    """An unwritable storage path fails before any trial starts; the probe leaves nothing behind (not even the
+    sweep's folder: bad input found after this check must leave storage_path as it was)."""
+    from ..errors import ResultsError
+    from ..store import check_writable, open_filesystem
 
-    target = target_dir
     try:
-        if "://" in target:
-            fs, path = pafs.FileSystem.from_uri(target)
-        else:
-            fs, path = pafs.LocalFileSystem(), str(Path(target).expanduser().resolve())
-        fs.create_dir(path, recursive=True)
-        probe = f"{path}/.write-probe"
-        with fs.open_output_stream(probe) as f:
-            f.write(b"ok")
-        fs.delete_file(probe)
-    except Exception as e:  # noqa: BLE001 — any failure here means the same thing to the user
-        raise ConfigError(f"storage_path: cannot write to {target!r}: {str(e).splitlines()[0]}") from None
+        fs, path = open_filesystem(target_dir)
+        check_writable(fs, path, "storage_path", repr(target_dir))
+    except ResultsError as e:
+        raise ConfigError(str(e) if str(e).startswith("storage_path") else f"storage_path: {e}") from None
 
 
 def connect(address: str | None, cfg: SweepConfig, temp_dir: str | None = None, dashboard_port: int | None = None):
@@ -54,7 +48,8 @@ def connect(address: str | None, cfg: SweepConfig, temp_dir: str | None = None, 
     kwargs = dict(include_dashboard=True, log_to_driver=True)
     if address is None:
         port = dashboard_port or free_port(8265)
-        kwargs.update(address="local", num_cpus=cfg.resources.num_cpus, dashboard_host="127.0.0.1", dashboard_port=port)
+        kwargs.update(address="local", num_cpus=cfg.resources.num_cpus, dashboard_host="127.0.0.1", dashboard_port=port,
+                      _node_ip_address="127.0.0.1")  # every port on loopback: `loopback_node`
         if temp_dir:
             kwargs["_temp_dir"] = temp_dir
         # Train's PlacementGroupCleaner finds the cluster through the state API with no address, which
@@ -65,10 +60,37 @@ def connect(address: str | None, cfg: SweepConfig, temp_dir: str | None = None, 
         check_address(address)
         kwargs = {"address": address}
     try:
-        return ray.init(**kwargs)
+        with loopback_node() if address is None else contextlib.nullcontext():
+            return ray.init(**kwargs)
     except ConnectionError as e:
         hint = "" if os.environ.get("RAY_AUTH_MODE") else " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token: cluster/README.md)"
         raise ConfigError(f"--address: cannot connect to Ray at {address!r}: {str(e).splitlines()[0]}{hint}") from None
+
+
+@contextlib.contextmanager
+def loopback_node():
+    """While an embedded Ray starts: its node IP is 127.0.0.1, so its GCS, raylet, workers, agents and this driver
+    listen on loopback only (Ray's servers bind 0.0.0.0 unless the node IP is 127.0.0.1), not on every
+    interface. Ray 2.60 has no option for it: `ray.init(_node_ip_address="127.0.0.1")` is turned back into the
+    machine's address (services.resolve_ip_for_localhost) unless `ray_constants.ENABLE_RAY_CLUSTER` is off,
+    which is what its environment variable does on macOS and Windows. Set for the driver's start and inherited
+    by the processes it starts; both are restored after, so a later `--address` in this process is unaffected."""
+    from ray._private import ray_constants
+
+    name = getattr(ray_constants, "ENABLE_RAY_CLUSTERS_ENV_VAR", None)
+    if name is None or not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):  # a Ray without the switch: as before
+        yield
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(name)
+    ray_constants.ENABLE_RAY_CLUSTER, os.environ[name] = False, "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[0]
+        if saved[1] is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved[1]
 
 
 def free_port(preferred: int = 0) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import SweepConfig, TransferConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, ResultsError
 from ..store import ResultsStore
 
 RANDOM = "random"  # the source_task of a random mask's transfer rows
@@ -52,7 +52,10 @@ def plan(cfg: SweepConfig) -> list[dict]:
     t = cfg.search.transfer
     if "://" not in t.source and not Path(t.source).is_dir():
         raise ConfigError(f"search.transfer.source: directory {t.source!r} does not exist (run the source sweep first)")
-    rounds = ResultsStore(t.source).rounds()
+    try:
+        rounds = ResultsStore(t.source).rounds()
+    except ResultsError as e:  # an empty or foreign folder: the field to fix, then what is wrong with it
+        raise ConfigError(f"search.transfer.source: {e} (run the source sweep first)") from None
     tickets = rounds[(rounds["kind"] == "ticket") & rounds["mask_id"].notna()]
     _check_model(t, tickets, cfg.ticket.model)
     sources = _source_tickets(t, tickets)

@@ -428,7 +428,7 @@ def test_a_task_with_several_curves_needs_a_choice_and_the_model_must_be_the_tic
         plan(cfg(["rte"], method="magnitude"))
     with pytest.raises(ConfigError, match=r"model: 'minilm', but the tickets in .* are of"):
         plan(cfg(["rte"], setting_id=layer, model="minilm"))
-    assert main(["--tickets", str(mixed_root), "--tasks", "sst2", "--out", str(tmp_path), "--sweep"]) == 2
+    assert main(["--tickets", str(mixed_root), "--tasks", "sst2,rte", "--out", str(tmp_path), "--sweep"]) == 2
     assert "error: --sweep: the config has no sweep section" in capsys.readouterr().err
 
 
