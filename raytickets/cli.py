@@ -19,11 +19,13 @@ from .errors import OneLineParser, RayticketsError, one_line
 
 # The ticket flags: (flag, config field it sets, type, help, only for pruning commands).
 _TICKET_FLAGS = [
-    ("--task", "task", str, "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or mlm", False),
+    ("--task", "task", str, "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli), mlm or squad", False),
     ("--model", "model", str, "minilm (packaged, default), bert-base, bert-large, a directory or a hub id", False),
     ("--metrics", "metrics", str, "glue (GLUE main metrics, default) or paper (Chen et al.'s: MRPC/QQP accuracy, "
                                   "MNLI matched)", False),
     ("--glue-dir", "data.glue_dir", str, "directory in the original GLUE TSV layout (default: Hugging Face hub)", False),
+    ("--squad-dir", "data.squad_dir", str, "squad: directory of one train*.json and one dev*.json in the SQuAD JSON "
+                                           "layout (default: Hugging Face hub)", False),
     ("--max-train-examples", "data.max_train_examples", int, "seeded subsample of the training split", False),
     ("--max-dev-examples", "data.max_dev_examples", int, "seeded subsample of the dev split", False),
     ("--max-seq-length", "data.max_seq_length", int, None, False),

@@ -396,3 +396,20 @@ def evaluate(model, dev: SquadDev, collate, batch_size: int, precision: str = "f
     starts, ends = predict_logits(model, dev.features, collate, batch_size, precision)
     golds = list(dev.examples["answers"])
     return squad_metrics(best_answers(dev, starts, ends), golds), chance_metrics(golds)
+
+
+def answer(model, tokenizer, question: str, context: str, max_seq_length: int = 384, doc_stride: int = 128,
+           n_best: int = 20, max_answer_length: int = 30) -> str:
+    """The answer a question-answering model (an exported squad ticket's directory, loaded with
+    AutoModelForQuestionAnswering) gives, read as evaluation reads it. transformers 5 removed the
+    question-answering pipeline (its MIGRATION_GUIDE_V5), so this is the way to ask one question."""
+    from transformers import DataCollatorWithPadding
+
+    examples = _dataset({"id": ["q"], "question": [question], "context": [context], "answers": [[""]],
+                         "answer_starts": [[0]]})
+    from datasets import Dataset
+
+    features = Dataset.from_dict(build_features(examples, tokenizer, max_seq_length, doc_stride, train=False))
+    dev = SquadDev(features, examples, n_best, max_answer_length)
+    starts, ends = predict_logits(model, features, DataCollatorWithPadding(tokenizer, return_tensors="pt"), 8)
+    return best_answers(dev, starts, ends)[0]

@@ -9,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from raytickets.errors import ConfigError, DataError
-from raytickets.squad import (answer_tokens, build_features, exact_match, f1_score, normalize_answer, read_json,
-                              squad_metrics, window_starts)
+from raytickets.errors import DataError
+from raytickets.squad import (
+    answer_tokens,
+    build_features,
+    exact_match,
+    f1_score,
+    normalize_answer,
+    read_json,
+    squad_metrics,
+    window_starts,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,3 +188,79 @@ def test_tiny_bert_through_imp_and_structured_pruning_on_squad(tiny_model_dir, t
                                                         "ffn_fraction": 0.5}})
     rows = Trajectory(structured, tmp_path / "work").run()
     assert [r.kind for r in rows] == ["full", "ticket"] and rows[1].sparsity > 0.3
+
+
+def test_tickets_transfer_between_squad_and_a_glue_task(tiny_model_dir, glue_dir, tmp_path):
+    """A GLUE ticket prunes the pooler, which BertForQuestionAnswering lacks: on squad it prunes the encoder both
+    share. A squad ticket has no pooler: on SST-2 the pooler stays dense."""
+    import torch
+
+    from raytickets.config import TicketConfig, build
+    from raytickets.masks import Mask
+    from raytickets.models import default_include, load_model, prunable_parameters
+    from raytickets.pruning import random_prune
+    from raytickets.tickets import Trajectory
+
+    tiny = str(tiny_model_dir)
+    train = {"max_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "progress": False}
+    squad = build(TicketConfig, {"task": "squad", "model": tiny, "train": train, "prune": {"rounds": 1},
+                                 "data": {"squad_dir": str(small_squad(tmp_path / "squad", 2)), "max_seq_length": 96,
+                                          "doc_stride": 48, "max_dev_examples": 10, "cache_dir": str(tmp_path / "c")}})
+    sst2 = build(TicketConfig, {"task": "sst2", "model": tiny, "train": train, "prune": {"rounds": 1},
+                                "data": {"glue_dir": str(glue_dir), "max_train_examples": 16, "max_dev_examples": 16,
+                                         "max_seq_length": 32, "cache_dir": str(tmp_path / "c")}})
+    glue_params = prunable_parameters(load_model(tiny, 2, seed=0), default_include(tiny))
+    assert "pooler.dense.weight" in glue_params
+    glue_ticket = random_prune(Mask.ones_like(glue_params), 0.5, "global", torch.Generator().manual_seed(0))
+    rows = Trajectory(squad, tmp_path / "work").transfer(glue_ticket, "sst2", glue_ticket.mask_id)
+    assert [r.kind for r in rows] == ["full", "transfer"] and rows[1].source_task == "sst2"
+    assert rows[1].sparsity == pytest.approx(0.5, abs=0.01) and rows[1].metric_name == "f1"
+
+    squad_params = prunable_parameters(load_model(tiny, 2, seed=0, objective="span"), default_include(tiny))
+    assert "pooler.dense.weight" not in squad_params
+    squad_ticket = random_prune(Mask.ones_like(squad_params), 0.5, "global", torch.Generator().manual_seed(0))
+    rows = Trajectory(sst2, tmp_path / "work").transfer(squad_ticket, "squad", squad_ticket.mask_id)
+    assert [r.kind for r in rows] == ["full", "transfer"] and rows[1].metric_name == "accuracy"
+
+
+def test_a_structured_squad_ticket_exports_for_the_qa_pipeline_and_onnx(tiny_model_dir, tmp_path, monkeypatch):
+    """`raytickets imp --task squad` (structured: the shrunk model too), then `export --format hf`: the directory
+    loads with AutoModelForQuestionAnswering and answers a question from it; `--format onnx`:
+    start and end logits equal torch's; with the SQuAD directory the dev F1 is re-measured from the files."""
+    import onnx
+    import torch
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from raytickets import cli
+    from raytickets.export.model import OnnxModel, ticket_model
+    from raytickets.export.select import find_ticket
+    from raytickets.squad import answer
+    from raytickets.store import ResultsStore
+
+    monkeypatch.setenv("RAYTICKETS_CACHE", str(tmp_path / "cache"))
+    squad, root = small_squad(tmp_path / "squad"), tmp_path / "root"
+    assert cli.main(["imp", "--task", "squad", "--model", str(tiny_model_dir), "--squad-dir", str(squad),
+                     "--max-seq-length", "96", "--max-dev-examples", "12", "--batch-size", "8", "--max-steps", "3",
+                     "--method", "structured", "--head-fraction", "0.5", "--ffn-fraction", "0.5", "--rounds", "1",
+                     "--importance-batches", "1", "--out", str(root), "data.doc_stride=48"]) == 0
+    row = ResultsStore(root).rounds().query("kind == 'ticket'").iloc[0]
+    which = ["--task", "squad", "--mask-id", row.mask_id, "--seed", str(row.seed), "--glue-dir", str(squad)]
+    assert cli.main(["export", str(root), *which, "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "shrunk" / "shrink.json").is_file()
+    # transformers 5 removed pipeline("question-answering"); squad.answer reads a span as that pipeline did
+    model = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "hf")
+    context = "The Denver Broncos won Super Bowl 50 in 2016."
+    said = answer(model, AutoTokenizer.from_pretrained(tmp_path / "hf"), "Who won Super Bowl 50?", context)
+    assert said and said in context
+
+    assert cli.main(["export", str(root), *which, "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    assert [o.name for o in onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph.output] == ["start_logits",
+                                                                                                 "end_logits"]
+    store = ResultsStore(root)
+    reference = ticket_model(store, find_ticket(store, "squad", mask_id=row.mask_id, seed=int(row.seed)))
+    batch = AutoTokenizer.from_pretrained(tmp_path / "onnx")(["Who won?", "When?"], ["Denver won.", "In 2016."],
+                                                             return_tensors="pt", padding=True)
+    with torch.no_grad():
+        got, want = OnnxModel(tmp_path / "onnx")(**batch), reference(**batch)
+    assert torch.allclose(got.start_logits, want.start_logits, atol=1e-4)
+    assert torch.allclose(got.end_logits, want.end_logits, atol=1e-4)

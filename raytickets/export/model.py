@@ -23,6 +23,7 @@ from .select import Ticket
 SHRUNK_DIR = "shrunk"
 ONNX_FILE = "model.onnx"
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+SPAN_OUTPUTS = ("start_logits", "end_logits")  # a question-answering graph's outputs; a classifier's: logits
 EVAL_BATCH_SIZE = 64
 
 
@@ -51,6 +52,20 @@ FLOPS_LENGTH = 128
 # ---------------------------------------------------------------- the model
 
 
+def auto_class(task):
+    """The transformers auto class a task's export loads with: question answering for squad, else classification."""
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+    return AutoModelForQuestionAnswering if task.is_span else AutoModelForSequenceClassification
+
+
+def outputs_of(out) -> torch.Tensor:
+    """A model output as one tensor to compare: the logits, or a span head's start and end logits stacked."""
+    if hasattr(out, "start_logits"):
+        return torch.stack([out.start_logits, out.end_logits], dim=-1)
+    return out.logits
+
+
 def label_maps(task) -> tuple[dict[int, str], dict[str, int]]:
     """id2label/label2id of a task's head (a regression head has one output, `score`)."""
     names = list(task.label_list) or ["score"]
@@ -60,14 +75,15 @@ def label_maps(task) -> tuple[dict[int, str], dict[str, int]]:
 def ticket_model(store: ResultsStore, ticket: Ticket):
     """The masked dense model: the kept fine-tuned weights with the mask applied, its config naming the labels."""
     task = get_task(ticket.row["task"])
-    model = load_model(ticket.row["model"], task.num_labels, seed=int(ticket.row["seed"]))
+    model = load_model(ticket.row["model"], task.num_labels, seed=int(ticket.row["seed"]), objective=task.objective)
     state = store.load_weights(ticket.row["weights_path"])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ResultsError(f"{ticket.row['weights_path']}: weights do not fit model {ticket.row['model']!r} "
                            f"({str(exc).splitlines()[0]})") from None
-    model.config.id2label, model.config.label2id = label_maps(task)
+    if not task.is_span:  # a span head's two outputs are start and end, not labels
+        model.config.id2label, model.config.label2id = label_maps(task)
     return masked(model, ticket.mask).eval()
 
 
@@ -89,6 +105,7 @@ def save_shrunk(model, structure: Structure, d: Path) -> None:
         "num_attention_heads": [len(h) for h in structure.heads],
         "intermediate_size": [len(n) for n in structure.neurons],
         "raytickets": {"loader": f"{SHRUNK_LOADER}(DIR)", "base_model_type": config["model_type"],
+                       "base_architectures": config.get("architectures"),
                        "num_attention_heads": structure.num_heads, "intermediate_size": structure.intermediate_size},
     })
     (d / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -98,7 +115,7 @@ def load_shrunk(directory: str | os.PathLike):
     """The shrunk model of an `hf` export (DIR or DIR/shrunk): a BertForSequenceClassification whose layers have
     the kept heads and FFN neurons only, built from `shrink.json` and loaded strictly from `model.safetensors`."""
     from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     d = Path(directory)
@@ -111,7 +128,8 @@ def load_shrunk(directory: str | os.PathLike):
                       intermediate_size=dense["intermediate_size"])
         config.pop("architectures", None)
     config = CONFIG_MAPPING[config["model_type"]].from_dict(config)
-    model = AutoModelForSequenceClassification.from_config(config)
+    span = any(a.endswith("ForQuestionAnswering") for a in (dense or {}).get("base_architectures") or [])
+    model = (AutoModelForQuestionAnswering if span else AutoModelForSequenceClassification).from_config(config)
     reshape_layers(model, structure)
     model.load_state_dict(load_file(str(d / "model.safetensors")), strict=True)
     return model.eval()
@@ -138,13 +156,17 @@ class OnnxModel(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.empty(0), requires_grad=False)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, **_):
-        from transformers.modeling_outputs import SequenceClassifierOutput
+        from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
 
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         inputs = (input_ids, attention_mask, token_type_ids)
         feed = {name: t.cpu().numpy().astype("int64") for name, t in zip(ONNX_INPUTS, inputs)}
-        return SequenceClassifierOutput(logits=torch.from_numpy(self.session.run(["logits"], feed)[0]))
+        names = [o.name for o in self.session.get_outputs()]
+        outputs = [torch.from_numpy(a) for a in self.session.run(names, feed)]
+        if names == list(SPAN_OUTPUTS):  # a squad ticket: start and end logits of every token
+            return QuestionAnsweringModelOutput(start_logits=outputs[0], end_logits=outputs[1])
+        return SequenceClassifierOutput(logits=outputs[0])
 
 
 class _Logits(torch.nn.Module):
@@ -155,7 +177,8 @@ class _Logits(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return (out.start_logits, out.end_logits) if hasattr(out, "start_logits") else out.logits
 
 
 def example_batch(vocab_size: int, batch: int = 2, length: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -165,6 +188,10 @@ def example_batch(vocab_size: int, batch: int = 2, length: int = 16, seed: int =
     attention = torch.ones_like(ids)
     attention[-1, length // 2:] = 0
     return {"input_ids": ids, "attention_mask": attention, "token_type_ids": torch.zeros_like(ids)}
+
+
+def output_names(model: torch.nn.Module) -> list[str]:
+    return list(SPAN_OUTPUTS) if hasattr(model, "qa_outputs") else ["logits"]
 
 
 def write_onnx(model: torch.nn.Module, path: Path) -> None:
@@ -181,7 +208,7 @@ def write_onnx(model: torch.nn.Module, path: Path) -> None:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(_Logits(model).eval(), tuple(example[n] for n in ONNX_INPUTS), str(path),
-                              input_names=list(ONNX_INPUTS), output_names=["logits"],
+                              input_names=list(ONNX_INPUTS), output_names=output_names(model),
                               dynamic_shapes={n: axes for n in ONNX_INPUTS}, dynamo=True,
                               external_data=count_parameters(model) * 4 > 1.5e9, verbose=False)
     finally:
@@ -192,7 +219,7 @@ def write_onnx(model: torch.nn.Module, path: Path) -> None:
 def max_logit_gap(a: torch.nn.Module, b: torch.nn.Module, vocab_size: int) -> float:
     """Largest |logit difference| of two models on a seeded batch (4 rows of 32 tokens, one half padding)."""
     batch = example_batch(vocab_size, batch=4, length=32, seed=1)
-    return float((a.eval()(**batch).logits - b.eval()(**batch).logits).abs().max())
+    return float((outputs_of(a.eval()(**batch)) - outputs_of(b.eval()(**batch))).abs().max())
 
 
 # ---------------------------------------------------------------- the dev metric, from the exported files
@@ -206,10 +233,22 @@ def dev_data(ticket: Ticket, glue_dir: str | os.PathLike, full: bool = False):
     task = get_task(ticket.row["task"])
     tokenizer = load_tokenizer(ticket.row["model"])
     limits = ((1, None) if full else (data.get("max_train_examples"), data.get("max_dev_examples")))
+    if task.is_span:  # squad: `glue_dir` is the directory of its JSON files; windows as the run made them
+        return task, {"dev": _squad_dev(ticket, tokenizer, data, str(glue_dir), limits)}, collate(tokenizer)
     splits = tokenized_splits(task, tokenizer, resolve_model(ticket.row["model"]), str(glue_dir),
                               max_seq_length=data["max_seq_length"], max_train_examples=limits[0],
                               max_dev_examples=limits[1], seed=data.get("seed", 0))
     return task, {s: splits[s] for s in task.dev_splits}, collate(tokenizer)
+
+
+def _squad_dev(ticket: Ticket, tokenizer, data: dict, squad_dir: str, limits):
+    from ..config import DataConfig
+    from ..squad import squad_splits
+
+    fields = {k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__}
+    cfg = DataConfig(**{**fields, "squad_dir": squad_dir, "squad_train": None, "squad_dev": None,
+                        "max_train_examples": limits[0], "max_dev_examples": limits[1]})
+    return squad_splits(tokenizer, resolve_model(ticket.row["model"]), cfg, seed=data.get("seed", 0))["dev"]
 
 
 def dev_rows(dev) -> int:

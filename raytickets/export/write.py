@@ -3,7 +3,8 @@
 `raytickets export RESULTS_DIR --task T (--best | --sparsity S | --mask-id ID) --format hf|onnx|mask --out DIR`
 
 * `hf`: DIR holds the *masked dense* model (`config.json` with id2label/label2id, `model.safetensors`, the
-  tokenizer), loadable by plain `AutoModelForSequenceClassification.from_pretrained(DIR)`, and a model card
+  tokenizer), loadable by plain `AutoModelForSequenceClassification.from_pretrained(DIR)` (a squad ticket:
+  `AutoModelForQuestionAnswering`, which `pipeline("question-answering", model=DIR)` runs), and a model card
   `README.md`. When the mask removes whole heads or FFN neurons (a structured ticket), `DIR/shrunk/` also
   holds the *physically shrunk* model (`shrink.py`): a stock BertConfig cannot express per-layer head counts
   and FFN widths, so its kept units are in `shrunk/shrink.json`, its config.json has its own model type and
@@ -11,7 +12,8 @@
   `load_shrunk(DIR)` rebuilds it.
 * `onnx`: DIR holds `model.onnx` — the shrunk model for a structured ticket, the masked dense one otherwise —
   with dynamic batch and sequence axes (inputs `input_ids`, `attention_mask`, `token_type_ids`, int64;
-  output `logits`), plus config, tokenizer and card. onnxruntime runs it as is.
+  output `logits`; a squad ticket's: `start_logits`, `end_logits`), plus config, tokenizer and card.
+  onnxruntime runs it as is.
 * `mask`: DIR holds `mask.safetensors` (for `raytickets finetune --mask`) and `ticket.json`.
 
 Every check runs before anything is written; DIR is filled as a temp dir beside it and renamed into place,
@@ -28,12 +30,13 @@ from typing import Callable
 from ..atomic import write_dir_atomically
 from ..errors import ConfigError
 from ..models import load_tokenizer
+from ..tasks import get_task
 from .shrink import (
     SHRINK_FILE, count_parameters, flops_per_sequence, residual_pruned, shrink, sparse_size, structure_of,
 )
 from ..store import ResultsStore
 from .model import (  # noqa: F401  (load_shrunk, OnnxModel: the export API, importable from here)
-    FLOPS_LENGTH, ONNX_FILE, SHRUNK_DIR, OnnxModel, Report, data_settings, dev_data, dev_metric, dev_rows,
+    FLOPS_LENGTH, ONNX_FILE, SHRUNK_DIR, OnnxModel, Report, auto_class, data_settings, dev_data, dev_metric, dev_rows,
     load_shrunk, max_logit_gap, save_shrunk, ticket_model, write_onnx,
 )
 from .select import Ticket
@@ -70,14 +73,12 @@ def _measure(store: ResultsStore, ticket: Ticket, report: Report):
 
 def write_hf(store: ResultsStore, ticket: Ticket, d: Path, glue_dir: str | None) -> Report:
     """DIR: the masked dense model for plain transformers, `shrunk/` when the ticket is structured, the card."""
-    from transformers import AutoModelForSequenceClassification
-
     report = Report(format="hf")
     model, small = _measure(store, ticket, report)
     tokenizer = load_tokenizer(ticket.row["model"])
     model.save_pretrained(d)
     tokenizer.save_pretrained(d)
-    plain = AutoModelForSequenceClassification.from_pretrained(d).eval()
+    plain = auto_class(get_task(ticket.row["task"])).from_pretrained(d).eval()  # squad: AutoModelForQuestionAnswering
     _check_gap(max_logit_gap(plain, model, model.config.vocab_size), "the saved model's logits")
     loaded = {"model.safetensors (plain transformers)": plain}
     if small is not None:
