@@ -47,12 +47,13 @@ class DataConfig:
     mlm_copies: int = 10
     # task squad only (squad.py): a directory holding one train*.json and one dev*.json in the SQuAD JSON layout,
     # or a file per split (squad_train / squad_dev win over the directory); all null: the hub's rajpurkar/squad.
-    # Windows of max_seq_length tokens start every doc_stride context tokens; an answer is at most
-    # max_answer_length tokens, chosen from each window's n_best starts and ends (BERT's run_squad: 128, 30, 20).
+    # Windows of max_seq_length tokens start every doc_stride context tokens (null: BERT's run_squad's 128, or half
+    # the window where that is less); an answer is at most max_answer_length tokens, chosen from each window's
+    # n_best starts and ends (run_squad: 30, 20).
     squad_dir: str | None = None
     squad_train: str | None = None
     squad_dev: str | None = None
-    doc_stride: int = 128
+    doc_stride: int | None = None
     max_answer_length: int = 30
     n_best: int = 20
 
@@ -78,8 +79,14 @@ class DataConfig:
             if getattr(self, name) is not None and not Path(getattr(self, name)).expanduser().is_file():
                 raise ConfigError(f"{path}.{name}: file {getattr(self, name)!r} does not exist")
 
+    def squad_stride(self) -> int:
+        """doc_stride, or where null BERT's 128 capped at half the window (so `task: squad` runs at any length)."""
+        return self.doc_stride if self.doc_stride is not None else min(128, self.max_seq_length // 2)
+
     def validate_squad(self, path: str) -> None:
         """The window must move: a stride of a whole window or more would skip context (task squad only)."""
+        if self.doc_stride is None:
+            return
         if not isinstance(self.doc_stride, int) or not 1 <= self.doc_stride < self.max_seq_length:
             raise ConfigError(f"{path}.doc_stride: {self.doc_stride!r}; allowed: an integer from 1 to "
                               f"max_seq_length - 1 ({self.max_seq_length - 1})")
@@ -252,7 +259,7 @@ class TicketConfig:
         self.data.validate(f"{p}data")
         if self.data.corpus is not None and not TASKS[self.task].is_mlm:
             raise ConfigError(f"{p}data.corpus: {self.data.corpus!r} is read by the mlm task only; task is {self.task!r}")
-        if TASKS[self.task].is_span:
+        if TASKS[self.task].is_span and self.task not in self.per_task:  # else checked with its per_task settings
             self.data.validate_squad(f"{p}data")
         self.train.validate(f"{p}train")
         self.prune.validate(f"{p}prune", imp=imp)

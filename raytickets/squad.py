@@ -284,10 +284,11 @@ def squad_splits(tokenizer, tokenizer_id: str, data, seed: int = 0, cache_dir=No
     from .tasks import check_lengths, default_cache_dir, quiet_datasets, subsample
 
     check_lengths(tokenizer, data.max_seq_length, data.max_train_examples, data.max_dev_examples, seed)
-    check_window(data.max_seq_length, data.doc_stride)
+    stride = data.squad_stride()
+    check_window(data.max_seq_length, stride)
     paths = {s: getattr(data, f"squad_{s}") for s in SPLITS}
     key = {"format": CACHE_FORMAT, "task": "squad", "tokenizer": tokenizer_id, "max_seq_length": data.max_seq_length,
-           "doc_stride": data.doc_stride, "max_train_examples": data.max_train_examples,
+           "doc_stride": stride, "max_train_examples": data.max_train_examples,
            "max_dev_examples": data.max_dev_examples, "seed": seed,
            "source": {s: source_fingerprint(s, data.squad_dir, paths[s]) for s in SPLITS}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -297,7 +298,7 @@ def squad_splits(tokenizer, tokenizer_id: str, data, seed: int = 0, cache_dir=No
         with quiet_datasets():
             train = subsample(load_split("train", data.squad_dir, paths["train"]), data.max_train_examples, seed)
             dev = subsample(load_split("dev", data.squad_dir, paths["dev"]), data.max_dev_examples, seed)
-            splits = _featurise(train, dev, tokenizer, data.max_seq_length, data.doc_stride)
+            splits = _featurise(train, dev, tokenizer, data.max_seq_length, stride)
 
             def write(d: Path) -> None:
                 DatasetDict(splits).save_to_disk(str(d))
