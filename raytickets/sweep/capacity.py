@@ -10,12 +10,14 @@ it). Ray never refuses a need that cannot fit: the trial waits for its workers f
   worker) the live nodes hold, re-read every few seconds, as Ray's Train + Tune guide advises
   (`max_concurrent_trials` from the limiting resource); on a cluster that cannot grow and holds no trial at all it
   ends the sweep after Train's worker-group start timeout, resumable once a node is back;
-- `trial.trial_driver` gives a worker group that timeout once (`controller_failure_limit` 0): a trial whose workers
-  cannot start fails in one line (`CapacityError`) instead of Train retrying it every 60 s without end.
+- `trial.trial_driver` gives a worker group that timeout once (`controller_failure_limit` 0; `staggered` per trial):
+  a trial whose workers cannot start fails in one line (`CapacityError`) instead of Train retrying it every 60 s
+  without end, and Tune's retry of it waits for room like a new trial.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -66,23 +68,29 @@ def describe_nodes(nodes: list[dict]) -> str:
 
 
 def trials_that_fit(nodes: list[dict], need: Need, limit: int) -> int:
-    """How many whole trials (driver + every worker), up to `limit`, the nodes hold at once: first-fit of the
-    bundles, largest first, onto each node's total. Ray may place them less tightly; the worker-group start timeout
-    covers that."""
-    for k in range(1, limit + 1):
-        if not _packs(nodes, [need.worker] * (need.workers * k) + [need.driver] * k):
-            return k - 1
+    """How many whole trials (driver + every worker), up to `limit`, the nodes' totals hold at once, placed one
+    trial after another as Ray places them (each bundle on the first node with room, a trial's workers first).
+    Ray may place them less tightly; the worker-group start timeout covers that."""
+    free = [dict(n) for n in nodes]
+    for placed in range(limit):
+        if not _place(free, [need.worker] * need.workers + [need.driver]):
+            return placed
     return limit
 
 
-def _packs(nodes: list[dict], bundles: list[dict]) -> bool:
-    free = [dict(n) for n in nodes]
-    for bundle in sorted(bundles, key=lambda b: (b.get("GPU", 0), b.get("CPU", 0)), reverse=True):
+def _place(free: list[dict], bundles: list[dict]) -> bool:
+    """Take `bundles` from `free` (all of them, or none)."""
+    taken = []
+    for bundle in bundles:
         node = next((n for n in free if all(n.get(k, 0) + EPS >= v for k, v in bundle.items())), None)
         if node is None:
+            for node, bundle in taken:
+                for k, v in bundle.items():
+                    node[k] += v
             return False
         for k, v in bundle.items():
             node[k] = node.get(k, 0) - v
+        taken.append((node, bundle))
     return True
 
 
@@ -183,6 +191,14 @@ def start_timeout_s() -> float:
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{WORKER_GROUP_START_TIMEOUT_S_ENV_VAR}: {raw!r} is not a number of seconds > 0")
     return value
+
+
+def staggered(timeout_s: float, trial: str) -> float:
+    """A trial's own start timeout, from `timeout_s` to 1.5 x `timeout_s` by a fraction fixed by its id. Two trials
+    whose drivers took the CPUs each other's workers need would otherwise time out together, be retried together
+    and wait for each other again; staggered, the first to fail frees its driver's CPUs and the other starts."""
+    fraction = int(hashlib.sha256(trial.encode()).hexdigest()[:8], 16) / 16**8
+    return round(timeout_s * (1 + fraction / 2), 1)
 
 
 def workers_did_not_start(cfg: SweepConfig, trial: str, timeout_s: float) -> CapacityError:

@@ -44,8 +44,8 @@ def trial_driver(params: dict, sweep: dict, start_timeout_s: float | None = None
     from ray.train.v2.api.exceptions import ControllerError
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from .capacity import staggered, workers_did_not_start
     from .capacity import start_timeout_s as start_timeout
-    from .capacity import workers_did_not_start
     from .cluster import trial_resources
     from .modes import of
 
@@ -57,8 +57,8 @@ def trial_driver(params: dict, sweep: dict, start_timeout_s: float | None = None
     job = mode.trial_job(cfg, params, {"id": trial_id, "pg": trial_pg})
     if job.loop is not None:
         r = cfg.resources
-        if start_timeout_s is not None:  # Train hands it on from this process to its controller
-            os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = str(start_timeout_s)
+        timeout_s = staggered(start_timeout_s or start_timeout(), trial_id)
+        os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = str(timeout_s)  # Train hands it on to its controller
         trainer = TorchTrainer(
             job.loop,
             train_loop_config=job.config,
@@ -80,7 +80,7 @@ def trial_driver(params: dict, sweep: dict, start_timeout_s: float | None = None
             trainer.fit()
         except ControllerError as error:
             if isinstance(error.controller_failure, WorkerGroupStartupTimeoutError):
-                raise workers_did_not_start(cfg, trial_id, start_timeout_s or start_timeout()) from None
+                raise workers_did_not_start(cfg, trial_id, timeout_s) from None
             raise
         finally:  # the run is over: nothing of it may hold the cluster (ray-project/ray#54305)
             if trial_pg is not None:
