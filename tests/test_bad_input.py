@@ -282,7 +282,7 @@ def test_a_transfer_source_that_is_missing_empty_or_lacks_a_source_task(case, gl
 @pytest.mark.parametrize("text, expected", [
     (b"a few words, far fewer than two blocks\n", "data.corpus: the corpus fills 0 block(s); need at least 2"),
     (b"word " * 14000 + "caf\xe9\n".encode("latin-1"), "data.corpus: {corpus} is not UTF-8 text (byte 0xe9 at offset"),
-])
+], ids=["too-small", "bad-byte-past-64KiB"])
 def test_an_mlm_corpus_error_found_while_building_leaves_no_lock_or_cache(case, glue_dir, text, expected):
     """Past `check_corpus` (a file that starts as text): the cache is built under its lock, and the error there
     must leave neither the lock file nor the cache folder it made."""

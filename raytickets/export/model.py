@@ -75,8 +75,8 @@ def label_maps(task) -> tuple[dict[int, str], dict[str, int]]:
 def ticket_model(store: ResultsStore, ticket: Ticket):
     """The masked dense model: the kept fine-tuned weights with the mask applied, its config naming the labels."""
     task = get_task(ticket.row["task"])
+    state = store.load_weights(ticket.row["weights_path"])  # first: a bad weights file fails before a model loads
     model = load_model(ticket.row["model"], task.num_labels, seed=int(ticket.row["seed"]), objective=task.objective)
-    state = store.load_weights(ticket.row["weights_path"])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
