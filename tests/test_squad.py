@@ -229,6 +229,7 @@ def test_a_structured_squad_ticket_exports_for_the_qa_pipeline_and_onnx(tiny_mod
     start and end logits equal torch's; with the SQuAD directory the dev F1 is re-measured from the files."""
     import onnx
     import torch
+    from huggingface_hub import ModelCard
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     from raytickets import cli
@@ -247,6 +248,8 @@ def test_a_structured_squad_ticket_exports_for_the_qa_pipeline_and_onnx(tiny_mod
     which = ["--task", "squad", "--mask-id", row.mask_id, "--seed", str(row.seed), "--glue-dir", str(squad)]
     assert cli.main(["export", str(root), *which, "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "shrunk" / "shrink.json").is_file()
+    card = ModelCard.load(tmp_path / "hf" / "README.md").data
+    assert card.pipeline_tag == "question-answering" and card.datasets == ["rajpurkar/squad"]
     # transformers 5 removed pipeline("question-answering"); squad.answer reads a span as that pipeline did
     model = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "hf")
     context = "The Denver Broncos won Super Bowl 50 in 2016."

@@ -12,6 +12,7 @@ from ..analysis.curves import GLUE_DEV_SIZES, dev_examples
 from ..analysis.tables import md_cell
 from ..models import HUB_SHORTCUTS, MINILM, resolve_model
 from ..tasks import HUB_DATASET, get_task
+from ..squad import HUB_DATASET as SQUAD_HUB
 from .model import FLOPS_LENGTH, ONNX_FILE, ONNX_INPUTS, SHRUNK_DIR, SHRUNK_LOADER, Report
 from .select import Ticket, present
 
@@ -164,14 +165,16 @@ def card_data(ticket: Ticket, report: Report):
     p = provenance(ticket)
     base = BASE_MODELS.get(p["model"], p["model"] if _is_hub_id(p["model"]) else None)
     onnx = report.format == "onnx"
+    squad = get_task(p["task"]).is_span  # an extractive QA ticket (raytickets.squad)
     return ModelCardData(
         model_name=f"{p['task']} lottery ticket of {p['model']} at {100 * p['sparsity']:.2f}% sparsity",
-        base_model=base, license=base_license(p["model"]), datasets=[HUB_DATASET],
+        base_model=base, license=base_license(p["model"]), datasets=[SQUAD_HUB if squad else HUB_DATASET],
         metrics=[p["metric_name"]], eval_results=eval_results(p, report) if p["task"] in GLUE_DEV_SIZES else None,
         tags=["pruning", "lottery-ticket", "raytickets", *(["structured-pruning"] if report.structure else []),
               *(["onnx"] if onnx else [])],
         # The ONNX directory holds no transformers weights: `from_pretrained` cannot load it.
-        library_name="onnx" if onnx else "transformers", pipeline_tag="text-classification")
+        library_name="onnx" if onnx else "transformers",
+        pipeline_tag="question-answering" if squad else "text-classification")
 
 
 # ---------------------------------------------------------------- the card
