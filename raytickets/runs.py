@@ -33,7 +33,7 @@ GENERIC_PRUNE = ("method", "rounds", "rewind_step", "min_gain", "include", "excl
 # leaves new hyperparameters out of its hashes the same way). A new field joins this list.
 ID_ONLY_WHEN_SET = (("data", "corpus"), ("data", "mlm_probability"), ("data", "mlm_copies"), ("data", "doc_stride"),
                     ("data", "max_answer_length"), ("data", "n_best"), ("data", "squad_dir"), ("data", "squad_train"),
-                    ("data", "squad_dev"),
+                    ("data", "squad_dev"), ("prune", "pattern"),
                     ("train", "bucket_by_length"), ("train", "compile"), ("train", "mlm_warmup_steps"),
                     ("train", "mlm_warmup_layers"), ("train", "mlm_warmup_learning_rate"))
 # ... except in an mlm run's id, which holds the head warm-up settings always: mlm rounds changed meaning when

@@ -217,6 +217,7 @@ class Trajectory:
         cfg = self.cfg
         prep = self._prepare()
         params = prunable_of(cfg, prep.model)
+        self.method.check_params(params, "prune")
         if self.rank == 0:  # only once the settings are known to work: bad input leaves nothing behind
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "config.json").write_text(json.dumps(runs.settings(cfg), indent=2, default=str))

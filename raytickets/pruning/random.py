@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..masks import Mask
 from .registry import PruneContext, register
-from .unstructured import ScheduleHparams, ScheduleMethod, random_prune
+from .unstructured import ScheduleHparams, ScheduleMethod, random_prune, random_scores
 
 
 @dataclass
@@ -23,4 +23,6 @@ class Random(ScheduleMethod):
 
     def select(self, ctx: PruneContext, current: Mask, target: float) -> Mask:
         current.validate(ctx.params)
+        if self.pattern is not None:  # uniform scores under the N:M floor
+            return self.prune(current, target, random_scores(ctx))
         return random_prune(current, target, self.hp.scope, ctx.generator)

@@ -106,6 +106,9 @@ class Method:
     def check_model(self, model_config: Any, path: str) -> None:
         """Fail before anything is trained when the model cannot take this method's targets."""
 
+    def check_params(self, params: Mapping[str, Any], path: str) -> None:
+        """Fail before anything is trained when the prunable tensors cannot take this method's masks (shapes)."""
+
     def extra_prunable(self) -> tuple[str, ...]:
         """Regexes of tensors the method masks beyond the configured prunable set (the bias of a whole unit)."""
         return ()

@@ -7,7 +7,7 @@ for taylor, |w|·‖x‖ for activation, a random permutation for random).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, ClassVar, Literal, Mapping
 
 import torch
@@ -39,12 +39,26 @@ class ScheduleHparams:
     scope: Literal["global", "per_tensor"] = "global"
     rate: float = 0.1
     target_sparsity: float | None = None
+    # "N:M" semi-structured tickets (pruning/nm.py): at most N of every M consecutive input weights of a row
+    # survive; the trajectory ends at 1 - N/M (target_sparsity null or equal to it), every round above the floor
+    pattern: str | None = None
 
     def validate(self, path: str) -> None:
+        from .nm import parse_pattern, pattern_sparsity  # nm builds on this module's helpers
+
         if not 0 < self.rate < 1:
             raise ConfigError(f"{path}.rate: {self.rate} must be in (0, 1)")
         if self.target_sparsity is not None and not 0 < self.target_sparsity < 1:
             raise ConfigError(f"{path}.target_sparsity: {self.target_sparsity} must be in (0, 1)")
+        nm = parse_pattern(self.pattern, f"{path}.pattern")
+        if nm is not None and self.target_sparsity is not None and \
+                abs(self.target_sparsity - pattern_sparsity(*nm)) > 1e-9:
+            raise ConfigError(f"{path}.target_sparsity: {self.target_sparsity} with pattern {self.pattern!r}, which is "
+                              f"{pattern_sparsity(*nm):.6g} sparse by construction; allowed: null or "
+                              f"{pattern_sparsity(*nm):.6g}")
+        if nm is not None and getattr(self, "scope", None) == "per_row":
+            raise ConfigError(f"{path}.scope: 'per_row' with pattern {self.pattern!r}; allowed with a pattern: "
+                              f"global, per_tensor (the pattern already fixes every row)")
 
 
 def schedule_sparsity(schedule: str, rate: float, round: int) -> float:
@@ -60,6 +74,20 @@ class ScheduleMethod(Method):
     stop_fields: ClassVar[tuple[str, ...]] = ("target_sparsity",)
     axis_fields: ClassVar[tuple[str, ...]] = ("rate",)
     row_fields: ClassVar[tuple[str, ...]] = ("schedule", "scope", "rate", "target_sparsity")
+
+    def __init__(self, hparams, rounds: int | None):
+        from .nm import parse_pattern, pattern_sparsity
+
+        super().__init__(hparams, rounds)
+        self.pattern = parse_pattern(getattr(hparams, "pattern", None))
+        if self.pattern is not None and hparams.target_sparsity is None:  # the pattern says where it ends
+            self.hp = replace(hparams, target_sparsity=pattern_sparsity(*self.pattern))
+
+    def check_params(self, params: Mapping[str, torch.Tensor], path: str) -> None:
+        if self.pattern is not None:
+            from .nm import check_divides
+
+            check_divides({n: tuple(p.shape) for n, p in params.items()}, *self.pattern, f"{path}.pattern")
 
     def validate(self, path: str) -> None:
         hp = self.hp
@@ -96,10 +124,24 @@ class ScheduleMethod(Method):
 
     def select(self, ctx: PruneContext, current: Mask, target: float) -> Mask:
         current.validate(ctx.params)
-        return prune_lowest(current, target, self.hp.scope, self.scores(ctx), largest=getattr(self.hp, "losing", False))
+        return self.prune(current, target, self.scores(ctx), largest=getattr(self.hp, "losing", False))
+
+    def prune(self, current: Mask, target: float, scores: Mapping[str, torch.Tensor], largest: bool = False) -> Mask:
+        """The lowest-scored survivors pruned to `target`, under the N:M floor when a pattern is set."""
+        if self.pattern is None:
+            return prune_lowest(current, target, self.hp.scope, scores, largest=largest)
+        from .nm import pattern_prune
+
+        return pattern_prune(current, target, self.hp.scope, scores, *self.pattern, largest=largest)
 
     def random(self, ctx: PruneContext, target: float) -> Mask:
+        if self.pattern is not None:  # uniform scores under the same floor: a random N:M mask
+            return self.prune(Mask.ones_like(ctx.params), target, random_scores(ctx))
         return random_prune(Mask.ones_like(ctx.params), target, self.hp.scope, ctx.generator)
+
+
+def random_scores(ctx: PruneContext) -> dict[str, torch.Tensor]:
+    return {n: torch.rand(tuple(p.shape), generator=ctx.generator) for n, p in ctx.params.items()}
 
 
 def smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
