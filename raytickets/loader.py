@@ -221,9 +221,6 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, UniqueKeyLoader.construct_mapping)
-
-
 def read_yaml(path: str | os.PathLike) -> dict:
     """A YAML config file as a mapping; a missing, unreadable, non-UTF-8 or invalid file, or a key given twice,
     is one ConfigError naming the file (and the line)."""
