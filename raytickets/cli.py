@@ -1,4 +1,4 @@
-"""The `raytickets` command: finetune, imp, sweep, analyze, report, export.
+"""The `raytickets` command: finetune, imp, sweep, analyze, report, export, mtl.
 
 Flags are shortcuts for config fields; any field can also be set as `key.sub=value` (e.g.
 `train.learning_rate=3e-5 prune.scope=per_tensor`). Pruning flags and their help come from the method and
@@ -71,19 +71,34 @@ def _dest(flag: str) -> str:
 
 
 def _add_ticket_flags(p: argparse.ArgumentParser, pruning: bool) -> None:
+    from .config import TicketConfig
+
     p.add_argument("--config", help="YAML file with a ticket config (flags and overrides win over it)")
-    for flag, _, type_, help_, pruning_only in _flags():
+    template = TicketConfig()
+    for flag, path, type_, help_, pruning_only in _flags():
         if pruning or not pruning_only:
             aliases = ("--lr",) if flag == "--learning-rate" else ()
-            p.add_argument(flag, *aliases, type=type_, help=help_)
+            p.add_argument(flag, *aliases, type=type_, help=_with_default(help_, template, path))
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any config field")
 
 
-def _ticket_config(args, imp: bool = True):
-    from .config import TicketConfig, load, read_yaml
+def _with_default(help_: str | None, template, path: str) -> str | None:
+    """A flag's help with the config's default for its field (the flag itself defaults to "not given")."""
+    value = template
+    for part in path.split("."):
+        value = getattr(value, part, None)
+    if value is None or value == [] or (help_ and "default" in help_):
+        return help_
+    shown = "none" if value == [] else value
+    return f"{help_ or ''} (default: {shown})".strip().replace("%", "%%")
 
-    data = read_yaml(args.config) if args.config else {}
+
+def _ticket_config(args, imp: bool = True):
+    from .config import TicketConfig, load
+    from .loader import read_config
+
+    data = read_config(args.config) if args.config else {}
     flags = [f"{path}={_yaml_value(getattr(args, _dest(flag)))}" for flag, path, *_ in _flags()
              if getattr(args, _dest(flag), None) is not None]
     return load(TicketConfig, base=data, overrides=flags + list(args.overrides), imp=imp)
@@ -192,6 +207,7 @@ def cmd_analyze(args) -> int:
                               "on each curve's dev examples)")
     tables = analyze(args.results_dir, args.out, min_above_chance=margin)
     print(summary_markdown(tables))
+    print(f"tables: {args.out or str(args.results_dir).rstrip('/') + '/analysis'} ({len(tables)} Parquet files)")
     return 0
 
 
@@ -213,6 +229,7 @@ def _write_json(path: Path, obj) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="raytickets", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"raytickets {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("finetune", help="fine-tune one model (optionally under a mask) and evaluate it")
@@ -250,6 +267,15 @@ def parser() -> argparse.ArgumentParser:
 
     register_mtl(sub)  # multi-task learning through each task's super ticket (Liang et al. 2021 §5)
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("raytickets")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed: pip install -e .)"
 
 
 def main(argv: list[str] | None = None) -> int:

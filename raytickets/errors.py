@@ -38,6 +38,21 @@ class OneLineParser(argparse.ArgumentParser):
     argparse's own prints the usage block first (5-7 lines), which buries the error. Subparsers inherit it
     (`add_subparsers` makes its parsers of the parent's class)."""
 
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelp)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):
         text = " ".join(str(message).splitlines())  # a value with a newline in it must not break the one line
         self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
+class DefaultsHelp(argparse.HelpFormatter):
+    """Help that shows each option's default where it has one (argparse's ArgumentDefaultsHelpFormatter also prints
+    "(default: None)" on every option without one, and on the positional overrides)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or "default" in text or action.default in (None, False, argparse.SUPPRESS, []):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"

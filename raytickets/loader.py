@@ -254,3 +254,49 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+# Config files: found by name among the shipped ones, and their input paths read relative to the file itself.
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"  # a link to the repository's configs/ (pyproject package-data)
+# Keys whose relative value, inside a config file, is read from the file's folder: folders of input data always;
+# a model or MLM corpus only when that path exists there (else it is a hub name: `minilm`, `bert-base`, a dataset id).
+# Outputs (storage_path, results_dir, work_dir, cache_dir, a transfer source) stay relative to where the command
+# runs, as Ray's storage_path is: shipped configs must not write into an installed package.
+INPUT_DIRS = ("glue_dir", "squad_dir")
+INPUT_IF_THERE = ("model", "corpus")
+
+
+def config_file(name: str | os.PathLike) -> Path:
+    """`name` as a path, or the shipped config `configs/<name>.yaml` (`--config smoke`)."""
+    path = Path(name)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    shipped = SHIPPED_CONFIGS / f"{name}.yaml"
+    if shipped.is_file():  # from a source tree, the link's target: the repository's configs/, as the README has it
+        return Path(os.path.realpath(shipped))
+    names = sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+    raise ConfigError(f"config: {str(name)!r} is neither a file nor a shipped config; shipped: {', '.join(names)}")
+
+
+def read_config(name: str | os.PathLike) -> dict:
+    """A config file (a path, or a shipped config's name) as a mapping, its relative input paths made absolute
+    against the file's folder, so the same file works from any directory."""
+    path = config_file(name)
+    data = read_yaml(path)
+    _inputs_from(data, Path(os.path.abspath(path)).parent)  # abspath, not resolve: a link's folder is the base
+    return data
+
+
+def _inputs_from(node, base: Path) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _inputs_from(item, base)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if isinstance(value, str) and value and "://" not in value and not os.path.isabs(os.path.expanduser(value)):
+            there = os.path.normpath(base / value)
+            if key in INPUT_DIRS or (key in INPUT_IF_THERE and os.path.exists(there)):
+                node[key] = there
+        else:
+            _inputs_from(value, base)

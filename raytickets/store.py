@@ -352,7 +352,7 @@ class ResultsStore:
             if required:
                 raise ResultsError(
                     f"{self.display(self.path(table_name))}: no {table_name} table in results dir {self.root} "
-                    f"(no *.parquet files)"
+                    f"(no *.parquet files){self._inner_root_hint(table_name)}"
                 )
             return schema.empty_table().to_pandas()
         # Threads overlap the per-file latency of object stores; pyarrow releases the GIL while reading.
@@ -360,6 +360,13 @@ class ResultsStore:
             tables = list(pool.map(lambda p: self._read_file(table_name, p), files))
         frame = pa.concat_tables(tables).to_pandas()
         return _dedupe(table_name, frame)
+
+    def _inner_root_hint(self, table_name: str) -> str:
+        """Pointed at a sweep's folder (Tune's trials and `results/`), name the results root inside it."""
+        inner = f"{self.root.rstrip('/')}/results"
+        found = self.fs.get_file_info(self.path("results", table_name))
+        return (f"; {self.root} is a sweep's folder: its results root is {inner}"
+                if found.type == pafs.FileType.Directory else "")
 
     def _read_file(self, table_name: str, path: str) -> pa.Table:
         where = self.display(path)

@@ -14,7 +14,7 @@ import json
 import time
 
 from ..errors import ConfigError, OneLineParser, one_line
-from ..loader import read_yaml
+from ..loader import read_config
 from .experiment import ARMS, MTLConfig, Plan, load_mtl_config, plan
 from .run import results, run
 from .tickets import SIGNIFICANCE, TICKET_RULES
@@ -57,6 +57,8 @@ def add_parser(subparsers, prog: str | None = None) -> argparse.ArgumentParser:
     for flag, _, tp, text in _FLAGS:
         p.add_argument(flag, type=tp, help=text)
     p.add_argument("--sweep", action="store_true", help="first run the config's `sweep` section (the tickets)")
+    p.add_argument("--dry-run", action="store_true", help="check the config and print the plan (with --sweep, the "
+                                                          "sweep's plan and cost too); run nothing")
     p.add_argument("--address", help="Ray cluster address for --workers (default: an embedded local Ray)")
     p.add_argument("--temp-dir", help="embedded Ray only: its temp directory")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="any MTL config field")
@@ -65,7 +67,7 @@ def add_parser(subparsers, prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def _config(args) -> MTLConfig:
-    data = read_yaml(args.config) if args.config else {}
+    data = read_config(args.config) if args.config else {}
     flags = [f"{path}={_yaml(getattr(args, flag[2:].replace('-', '_')))}" for flag, path, *_ in _FLAGS
              if getattr(args, flag[2:].replace("-", "_")) is not None]
     return load_mtl_config(base=data, overrides=flags + list(args.overrides))
@@ -77,9 +79,12 @@ def _yaml(v) -> str:
 
 def cmd_mtl(args) -> int:
     cfg = _config(args)
+    if args.sweep and cfg.sweep is None:
+        raise ConfigError("--sweep: the config has no sweep section")
+    if args.dry_run:
+        print(dry_run(cfg, args.sweep))
+        return 0
     if args.sweep:
-        if cfg.sweep is None:
-            raise ConfigError("--sweep: the config has no sweep section")
         _run_sweep(cfg, args.address, args.temp_dir)
     started = time.time()
 
@@ -99,6 +104,31 @@ def cmd_mtl(args) -> int:
     print(format_table(table, sharing))
     print(f"results: {cfg.out} (kind mtl; experiment {p.setting_id})")
     return 0
+
+
+def dry_run(cfg: MTLConfig, sweep: bool) -> str:
+    """The plan without running it: with `sweep`, the ticket sweep's plan and cost first; the arms' plan where the
+    tickets are there already (else what will be planned once the sweep has written them)."""
+    from ..errors import RayticketsError
+    from ..store import ResultsStore
+
+    lines = []
+    if sweep:
+        from ..sweep.cli import dry_run as sweep_dry_run
+        from ..sweep.tuner import absolute_paths, validate
+
+        lines.append(sweep_dry_run(absolute_paths(validate(cfg.sweep))))
+    try:
+        has_rows = not ResultsStore(cfg.tickets_root()).rounds().empty
+    except RayticketsError:
+        has_rows = False
+    if sweep and not has_rows:
+        lines.append(f"then raytickets mtl: {len(cfg.tasks)} tasks ({', '.join(cfg.tasks)}), arms {', '.join(cfg.arms)}, "
+                     f"seeds {', '.join(map(str, cfg.seeds))}: each task's super ticket is chosen once the sweep has "
+                     f"written its tickets to {cfg.tickets_root()}; results: {cfg.out}")
+    else:
+        lines.append(describe(plan(cfg)))
+    return "\n".join(lines)
 
 
 def describe(p: Plan) -> str:

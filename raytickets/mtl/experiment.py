@@ -33,7 +33,7 @@ import pandas as pd
 from .. import pruning
 from ..config import DataConfig, SweepConfig, TrainConfig, default_learning_rate
 from ..errors import ConfigError, ResultsError
-from ..loader import apply_overrides, build, read_yaml, to_dict
+from ..loader import apply_overrides, build, read_config, to_dict
 from .data import check_alpha
 from ..analysis.multitask import chosen_from_rows, mtl_figure, mtl_table, sharing_table  # noqa: F401  (the public names)
 from .tickets import check_dev_rows, check_ticket_rule, super_ticket_masks
@@ -131,7 +131,7 @@ class MTLConfig:
 def load_mtl_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = (), base: dict | None = None
                     ) -> MTLConfig:
     """YAML (optional) or `base`, then `key.sub=value` overrides, then validation: one-line errors."""
-    data = read_yaml(path) if path else dict(base or {})
+    data = read_config(path) if path else dict(base or {})
     cfg = build(MTLConfig, apply_overrides(data, overrides))
     cfg.validate()
     return cfg

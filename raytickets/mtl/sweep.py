@@ -194,6 +194,20 @@ class MTLSweep(SweepMode):
     summary = "a multi-task experiment (raytickets mtl), one trial per (arm, seed) run"
     uses_scheduler = False
 
+    def other_command(self, data: dict) -> str | None:
+        """An MTL experiment file (`tasks`, `arms`, ...): `raytickets mtl` runs it, not the sweep."""
+        import dataclasses
+
+        from ..config import SweepConfig
+        from .experiment import MTLConfig
+
+        keys = set(data)
+        sweep_keys = {f.name for f in dataclasses.fields(SweepConfig)}
+        if keys and keys <= {f.name for f in dataclasses.fields(MTLConfig)} and not keys <= sweep_keys:
+            return ("is a `raytickets mtl` config (keys " + ", ".join(sorted(keys - sweep_keys)) + "): run it with "
+                    "raytickets mtl --config FILE [--sweep] --dry-run")
+        return None
+
     def reads_ticket(self, cfg: SweepConfig) -> bool:
         return (cfg.search.mtl or {}).get("tickets") == SELF  # on stored tickets no trajectory is trained
 

@@ -8,6 +8,7 @@ and Ray Train's start-up per trial are not in the steps; the estimate adds the s
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -44,22 +45,30 @@ class Cost:
 def train_examples(ticket: TicketConfig) -> int | None:
     """Training examples one fine-tune of `ticket` reads: counted from the TSV directory, the official size for
     the hub, capped by `data.max_train_examples`; None where it cannot be known before the run (an MLM corpus)."""
-    from ..tasks import get_task, load_split
+    from ..tasks import get_task
 
     task = get_task(ticket.task)
     limit = ticket.data.max_train_examples
     if task.is_mlm:
         return limit
     if ticket.data.glue_dir:
-        try:
-            size = len(load_split(task, "train", ticket.data.glue_dir))
-        except (OSError, ConfigError) as e:
-            raise ConfigError(f"data.glue_dir: cannot count {task.name}'s training rows: {e}") from None
+        size = _rows(task.name, ticket.data.glue_dir)
     else:
         size = GLUE_TRAIN_SIZES.get(task.name)
     if size is None:
         return limit
     return min(size, limit) if limit else size
+
+
+@functools.lru_cache(maxsize=None)
+def _rows(task: str, glue_dir: str) -> int:
+    """A TSV training split's rows, read once per task however many trials train it."""
+    from ..tasks import get_task, load_split
+
+    try:
+        return len(load_split(get_task(task), "train", glue_dir))
+    except (OSError, ConfigError) as e:
+        raise ConfigError(f"data.glue_dir: cannot count {task}'s training rows: {e}") from None
 
 
 def finetune_steps(ticket: TicketConfig, num_workers: int) -> int | None:

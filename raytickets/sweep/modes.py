@@ -51,6 +51,11 @@ class SweepMode(abc.ABC):
     def validate(self, cfg: SweepConfig) -> None:
         """One-line ConfigErrors for the fields this mode reads (and those it refuses)."""
 
+    def other_command(self, data: dict) -> str | None:
+        """Where a config file that is not a sweep's belongs, when it is this mode's command's (`raytickets mtl`):
+        asked only after the file failed to load as a sweep, so a user gets the command instead of "unknown key"."""
+        return None
+
     def absolute_paths(self, cfg: SweepConfig, absolute: Callable[[str], str]) -> None:
         """Make this mode's own local paths absolute in place (trials run in other directories)."""
 
@@ -118,6 +123,18 @@ def get(name: str, field: str = "search.mode") -> SweepMode:
     if not isinstance(mode, SweepMode):
         raise ConfigError(f"{field}: {name!r} is registered as {found.value}, which is not a SweepMode")
     return mode
+
+
+def other_command(data: dict) -> str | None:
+    """The first registered mode's word on a config file that did not load as a sweep (None: none claims it)."""
+    for name in names():
+        try:
+            hint = get(name).other_command(data)
+        except ConfigError:
+            continue
+        if hint:
+            return hint
+    return None
 
 
 def of(cfg: SweepConfig) -> SweepMode:

@@ -22,6 +22,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from .. import config
 from ..config import SweepConfig
+from ..loader import read_config
 from ..errors import ConfigError, RayticketsError
 from ..store import ResultsStore
 from . import modes, tracking
@@ -36,7 +37,13 @@ MAX_ROUNDS = 1000  # ASHA's max_t: above any trajectory's last round
 def load_config(path: str | None, overrides: list[str]) -> SweepConfig:
     """`config.load` of a sweep, checked by its mode, with its local paths made absolute (Ray workers run in
     other directories)."""
-    return absolute_paths(validate(config.load(SweepConfig, path, overrides, validate=False)))
+    try:
+        cfg = config.load(SweepConfig, path, overrides, validate=False)
+    except ConfigError:
+        if path and (hint := modes.other_command(read_config(path))):  # e.g. an mtl experiment's file
+            raise ConfigError(f"config: {path} {hint}") from None
+        raise
+    return absolute_paths(validate(cfg))
 
 
 def validate(cfg: SweepConfig) -> SweepConfig:
