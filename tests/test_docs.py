@@ -174,6 +174,37 @@ def test_the_configuration_reference_is_generated_from_todays_config():
     assert SweepConfig  # the page walks SweepConfig: a field added there and not regenerated fails above
 
 
+# Dotted names in the pages that are not Python objects: Parquet metadata keys and the entry-point group.
+NOT_PYTHON = {"raytickets.table", "raytickets.schema_version", "raytickets.sweep_modes"}
+
+
+def resolves(name: str) -> bool:
+    """`raytickets.a.b.c` is a module, or an attribute of the longest importable module prefix."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_every_python_name_the_pages_use_exists():
+    """`raytickets.export.load_shrunk`, `raytickets.analysis.tables.md_cell`, …: an API a page names can be
+    imported (a module moved or renamed leaves the pages pointing at nothing)."""
+    names = {(page_name(page), m) for page in PAGES
+             for m in re.findall(r"(?<![\w/.-])raytickets(?:\.[A-Za-z_]\w*)+", page.read_text())}
+    assert len(names) > 10
+    missing = sorted(f"{page}: {name}" for page, name in names if name not in NOT_PYTHON and not resolves(name))
+    assert not missing, "\n".join(missing)
+    assert not resolves("raytickets.export.no_such_function") and resolves("raytickets.export.load_shrunk")
+
+
 @pytest.mark.parametrize("bibtex", [CHEN2020, LIANG2021], ids=["chen2020", "liang2021"])
 def test_the_papers_are_cited_the_same_everywhere(bibtex):
     """docs/concepts.md holds the model card's BibTeX; CITATION.cff names both papers and raytickets' version and
