@@ -316,6 +316,12 @@ def test_mtl_with_a_setting_no_ticket_has(case, args, expected):
     assert line.endswith("allowed: " + line.rsplit("allowed: ", 1)[1]) and "(or a prefix)" in line
 
 
+def test_mtl_with_a_method_no_ticket_has(case):
+    root = tickets_root(case / "results")
+    refused(case, "raytickets", "mtl", "--tickets", root, "--tasks", "sst2,rte", "--out", case / "mtl", "--method",
+            "zzz", expected="(sst2's tickets are of method magnitude, not 'zzz')")
+
+
 # -------------------------------------------------------------------------------------------- not one line
 
 

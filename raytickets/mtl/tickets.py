@@ -76,6 +76,7 @@ def super_ticket_masks(store: ResultsStore, tasks: Sequence[str], seeds: Sequenc
             for key in [tuple(b[k] for k in CURVE_KEY)]]
     best = [b for b in best if not pd.isna(b["sparsity"])]  # NaN: a curve without a pruned level
     wanted = {t: (task_settings or {}).get(t, setting_id) for t in GLUE}
+    best_any = best
     of_method = [b for b in best if method is None or b["method"] == method]
     best = [b for b in of_method
             if wanted.get(b["task"]) is None or str(b["setting_id"]).startswith(str(wanted[b["task"]]))]
@@ -88,8 +89,10 @@ def super_ticket_masks(store: ResultsStore, tasks: Sequence[str], seeds: Sequenc
             raise ConfigError(f"{field}: {wanted[t]!r} is no setting of {t}'s tickets in {store.root}; allowed: "
                               f"{', '.join(theirs)} (or a prefix)")
     if missing:
+        others = sorted({b["method"] for b in best_any if b["task"] == missing[0]}) if method is not None else []
+        hint = f" ({missing[0]}'s tickets are of method {', '.join(others)}, not {method!r})" if others else ""
         raise ResultsError(f"tickets: no super ticket for {', '.join(missing)} in {store.root}; tasks with one: "
-                           f"{', '.join(have) or 'none'}")
+                           f"{', '.join(have) or 'none'}{hint}")
     chosen = {}
     for t in tasks:
         curves = [b for b in best if b["task"] == t]
