@@ -530,6 +530,32 @@ def test_an_interrupted_export_leaves_no_temp_dir(structured_root, tmp_path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-out-1-alive", "out"]
 
 
+def test_the_export_command_turns_sigterm_into_a_clean_exit(structured_root, tmp_path, capsys, monkeypatch):
+    """`raytickets export` itself runs its writer under `terminate_cleanly`: a SIGTERM mid-write exits with 143
+    and removes the temp dir. (The handler installed here first would fail the test instead.)"""
+    import os
+    import signal
+
+    from raytickets.export import write as write_module
+
+    def killed(store, ticket, d, glue_dir):
+        (d / "mask.safetensors").write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the writer")
+
+    def unhandled(signum, frame):
+        raise AssertionError("the export left SIGTERM to the process's default handler")
+
+    monkeypatch.setitem(write_module.WRITERS, "mask", killed)
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            export(capsys, structured_root, "--task", "sst2", "--best", "--format", "mask", "--out", tmp_path / "out")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stop.value.code == 128 + signal.SIGTERM and list(tmp_path.iterdir()) == []
+
+
 def test_shrinking_cuts_matrices_with_transformers_prune_linear_layer(tiny_model_dir, monkeypatch):
     """shrink.py decides which units go; the cutting is transformers' `prune_linear_layer` (six matrices a layer)."""
     import raytickets.export.shrink as shrink_module
