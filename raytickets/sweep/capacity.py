@@ -10,14 +10,12 @@ it). Ray never refuses a need that cannot fit: the trial waits for its workers f
   worker) the live nodes hold, re-read every few seconds, as Ray's Train + Tune guide advises
   (`max_concurrent_trials` from the limiting resource); on a cluster that cannot grow and holds no trial at all it
   ends the sweep after Train's worker-group start timeout, resumable once a node is back;
-- `trial.trial_driver` gives a worker group that timeout once (`controller_failure_limit` 0; `staggered` per trial):
-  a trial whose workers cannot start fails in one line (`CapacityError`) instead of Train retrying it every 60 s
-  without end, and Tune's retry of it waits for room like a new trial.
+- `trial.trial_driver` gives a worker group that timeout once (`controller_failure_limit` 0): a trial whose workers
+  cannot start fails in one line (`CapacityError`) instead of Train retrying it every 60 s without end.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -31,6 +29,10 @@ from ..errors import ConfigError, RayticketsError
 EPS = 1e-4  # Ray keeps resource amounts in units of 1e-4
 WATCH_EVERY_S = 5.0
 SAY_WAITING_EVERY_S = 60.0
+# After a trial fails, no new trial starts in the slots it and others leave for this long: a lost node is seen dead
+# by Ray seconds after its trials fail (~10 s here), and a new trial started in between would sit beside the
+# failed one's retry on the survivors, each driver holding CPUs the other's workers need.
+SETTLE_S = 30.0
 
 
 class CapacityError(RayticketsError):
@@ -193,14 +195,6 @@ def start_timeout_s() -> float:
     return value
 
 
-def staggered(timeout_s: float, trial: str) -> float:
-    """A trial's own start timeout, from `timeout_s` to 1.5 x `timeout_s` by a fraction fixed by its id. Two trials
-    whose drivers took the CPUs each other's workers need would otherwise time out together, be retried together
-    and wait for each other again; staggered, the first to fail frees its driver's CPUs and the other starts."""
-    fraction = int(hashlib.sha256(trial.encode()).hexdigest()[:8], 16) / 16**8
-    return round(timeout_s * (1 + fraction / 2), 1)
-
-
 def workers_did_not_start(cfg: SweepConfig, trial: str, timeout_s: float) -> CapacityError:
     """The one line a trial fails with when its worker group was not placed within the timeout."""
     return CapacityError(
@@ -225,11 +219,13 @@ class CapacityWatch(Callback):
     """Keeps the trials alive at once to what the live nodes hold whole (at most `search.max_concurrent_trials`),
     re-read every WATCH_EVERY_S, and says so when it changes. Where not even one trial fits: an autoscaling cluster
     waits and says what for (every minute); a fixed one ends the sweep with a CapacityError once that has lasted the
-    worker-group start timeout (a node restarting comes back within it), leaving Tune's state for `--resume`."""
+    worker-group start timeout (a node restarting comes back within it), leaving Tune's state for `--resume`. After
+    a trial fails the limit is held at the trials alive for SETTLE_S, until Ray has seen what the failure cost."""
 
-    def __init__(self, cfg: SweepConfig, search_alg, timeout_s: float, nodes=None, every_s: float = WATCH_EVERY_S):
+    def __init__(self, cfg: SweepConfig, search_alg, timeout_s: float, nodes=None, every_s: float = WATCH_EVERY_S,
+                 settle_s: float = SETTLE_S):
         self.nodes = nodes or live_nodes  # what the cluster holds now (a test gives its own)
-        self.every_s = every_s
+        self.every_s, self.settle_s = every_s, settle_s
         self.need = need_of(cfg)
         self.most = cfg.search.max_concurrent_trials
         self.autoscaling = cfg.resources.autoscaling
@@ -242,19 +238,33 @@ class CapacityWatch(Callback):
         self._cap: int | None = None
         self._none_since: float | None = None
         self._said: float | None = None
+        self._hold_until = 0.0
+        self._nodes: list[dict] = []
 
     def setup(self, **info) -> None:  # a resumed sweep starts its clocks again
         self._reset()
 
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._failed()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._failed()
+
+    def _failed(self) -> None:
+        self._hold_until = time.monotonic() + self.settle_s
+
     def on_step_end(self, iteration, trials, **info) -> None:
         now = time.monotonic()
-        if now - self._checked < self.every_s:
-            return
-        self._checked = now
-        nodes = self.nodes()
+        if now - self._checked >= self.every_s:
+            self._checked, self._nodes = now, self.nodes()
+        elif now >= self._hold_until:
+            return  # while held, every step: a trial that ends must not leave its slot to a new one
+        nodes = self._nodes
         cap = trials_that_fit(nodes, self.need, self.most)
         if not self.autoscaling:
-            self._set_limit(max(cap, 1), nodes, cap)
+            alive = sum(t.status in ("PENDING", "RUNNING", "PAUSED") for t in trials)
+            held = now < self._hold_until and alive < max(cap, 1)
+            self._set_limit(max(alive, 1) if held else max(cap, 1), nodes, cap, held)
         if cap >= 1:
             self._none_since = None
             return
@@ -272,11 +282,12 @@ class CapacityWatch(Callback):
                 f"{describe_nodes(nodes)} and cannot grow; {len(waiting)} trial(s) unfinished: add a node, then run "
                 "again with --resume")
 
-    def _set_limit(self, limit: int, nodes: list[dict], cap: int) -> None:
+    def _set_limit(self, limit: int, nodes: list[dict], cap: int, held: bool) -> None:
         if limit == self._cap:
             return
         if self._cap is not None or limit < self.most:
-            print(f"trials at once: at most {limit} ({self.need}; the cluster has {describe_nodes(nodes)})"
-                  + ("" if cap else "; none fits now"), flush=True)
+            note = f"; held for up to {self.settle_s:g} s after a trial failed" if held else ""
+            print(f"trials at once: at most {limit} ({self.need}; the cluster has {describe_nodes(nodes)}"
+                  + ("; none fits now" if not cap else "") + note + ")", flush=True)
         self._cap = limit
         self.search_alg.max_concurrent = limit  # both read it before each new trial

@@ -44,8 +44,8 @@ def trial_driver(params: dict, sweep: dict, start_timeout_s: float | None = None
     from ray.train.v2.api.exceptions import ControllerError
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .capacity import staggered, workers_did_not_start
     from .capacity import start_timeout_s as start_timeout
+    from .capacity import workers_did_not_start
     from .cluster import trial_resources
     from .modes import of
 
@@ -57,7 +57,7 @@ def trial_driver(params: dict, sweep: dict, start_timeout_s: float | None = None
     job = mode.trial_job(cfg, params, {"id": trial_id, "pg": trial_pg})
     if job.loop is not None:
         r = cfg.resources
-        timeout_s = staggered(start_timeout_s or start_timeout(), trial_id)
+        timeout_s = start_timeout_s or start_timeout()
         os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = str(timeout_s)  # Train hands it on to its controller
         trainer = TorchTrainer(
             job.loop,
