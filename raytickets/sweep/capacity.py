@@ -111,8 +111,9 @@ def check_fits(cfg: SweepConfig, nodes: list[dict], where: str) -> int:
                           f"(at most {most['CPU']:g} CPU); allowed: up to {most['CPU']:g}")
     fit = trials_that_fit(nodes, need, 1)
     if fit < 1:
-        raise ConfigError(f"resources: {need}, which {where} cannot hold ({describe_nodes(nodes)}); lower "
-                          "resources.num_workers, cpus_per_worker or trial_driver_cpus")
+        raise ConfigError(f"resources.num_workers: {r.num_workers} workers x {_amounts(need.worker)} + "
+                          f"{_amounts(need.driver)} for the trial driver do not fit {where} ({describe_nodes(nodes)}); "
+                          "lower resources.num_workers, cpus_per_worker or trial_driver_cpus")
     return fit
 
 

@@ -125,7 +125,8 @@ def _gpus() -> int:
 
 BAD = [
     (["resources.cpus_per_worker=64"], "resources.cpus_per_worker: 64 is more than any node of the embedded Ray"),
-    (["resources.num_workers=3"], "resources: a trial needs 0.1 CPU for its driver + 3 worker(s) x 1.9 CPU"),
+    (["resources.num_workers=3"], "resources.num_workers: 3 workers x 1.9 CPU + 0.1 CPU for the trial driver do not "
+                                  "fit the embedded Ray (resources.num_cpus: 2) (1 node(s) with 2 CPU)"),
     (["resources.use_gpu=true"] if not _gpus() else ["resources.use_gpu=true", f"resources.gpus_per_worker={_gpus() + 1}"],
      "resources.use_gpu: true, but the embedded Ray" if not _gpus() else "resources.gpus_per_worker"),
     (["resources.use_gpu=true", "resources.gpus_per_worker=-1"], "resources.gpus_per_worker: -1"),
