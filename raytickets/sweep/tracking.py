@@ -68,7 +68,13 @@ def callbacks(cfg: SweepConfig) -> list:
         mode = t.wandb.mode
         if mode == "auto":  # no key: write the run locally (`wandb sync` uploads it later)
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-        out.append(StepLossWandb(project=t.wandb.project or cfg.name, group=cfg.name, mode=mode))
+        if mode == "offline":  # Ray's callback asks for an API key unless the environment says offline
+            os.environ["WANDB_MODE"] = "offline"
+        root = results_dir(cfg)
+        where = {"dir": root} if "://" not in root else {}  # offline runs in <results>/wandb, not a Ray worker's cwd
+        if where:
+            Path(root).mkdir(parents=True, exist_ok=True)
+        out.append(StepLossWandb(project=t.wandb.project or cfg.name, group=cfg.name, mode=mode, **where))
     return out
 
 

@@ -313,14 +313,15 @@ def test_transfer_sweep_writes_one_row_per_source_target_and_seed(tmp_path, tiny
 
 def test_the_smoke_config_runs_as_shipped_on_a_tiny_model(tmp_path, tiny_model_dir, glue_dir, ray_tmp):
     """configs/smoke.yaml, the README's main job, with only the model and the amount of work made small, and MLflow
-    tracking on (`tracking.mlflow: {}`: the real package, its default store in the results root): one MLflow run
-    per trial with each round's metrics and every training step's loss."""
+    and W&B tracking on (`tracking.mlflow: {}`: the real package, its default store in the results root; W&B
+    offline): one run per trial in each, with each round's metrics and every training step's loss."""
     import mlflow
 
     proc = run_sweep(REPO / "configs" / "smoke.yaml", ray_tmp, f"storage_path={tmp_path / 'storage'}",
                      f"ticket.model={tiny_model_dir}", f"ticket.data.glue_dir={glue_dir}",
                      "ticket.data.max_train_examples=32", "ticket.data.max_dev_examples=32", "ticket.train.max_steps=2",
-                     "search.num_samples=2", f"ticket.data.cache_dir={tmp_path / 'cache'}", "tracking.mlflow={}")
+                     "search.num_samples=2", f"ticket.data.cache_dir={tmp_path / 'cache'}", "tracking.mlflow={}",
+                     "tracking.wandb={mode: offline}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "sweep smoke: optuna search" in proc.stdout and "super ticket per task" in proc.stdout
     results = tmp_path / "storage" / "smoke" / "results"
@@ -346,6 +347,13 @@ def test_the_smoke_config_runs_as_shipped_on_a_tiny_model(tmp_path, tiny_model_d
         assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(results)  # not ./mlruns
     # the trials share one full model (task, seed and training alike): the trial that trained it logs its 2 steps
     assert sum(len(client.get_metric_history(r.info.run_id, "train_loss/full")) for r in runs) == 2
+    # W&B offline (no key needed): one run per trial in <results>/wandb, its records holding the round metrics and
+    # the step losses (an offline run is a binary log that only `wandb sync` reads: its keys are checked as bytes)
+    offline = sorted((results / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == len(runs)
+    for f in offline:
+        data = f.read_bytes()
+        assert b"train_loss/ticket" in data and b"gain" in data
 
 
 def test_the_mlm_transfer_config_is_one_command_of_two_stages_and_resumes_without_duplicates(
