@@ -111,25 +111,3 @@ def trial_resources(cfg: SweepConfig) -> dict:
     if r.use_gpu:
         worker["GPU"] = r.gpus_per_worker
     return worker
-
-
-def check_resources(cfg: SweepConfig) -> None:
-    """One trial's workers must fit the cluster, or Ray would wait for them forever (RAY_NOTES.md)."""
-    import ray
-
-    total = ray.cluster_resources()
-    r = cfg.resources
-    need_cpu = r.trial_driver_cpus + r.num_workers * r.cpus_per_worker
-    need_gpu = r.num_workers * r.gpus_per_worker if r.use_gpu else 0
-    if r.autoscaling:
-        return
-    if need_cpu > total.get("CPU", 0) + 1e-9:
-        raise ConfigError(
-            f"resources.num_workers: {r.num_workers} workers x {r.cpus_per_worker} CPU + {r.trial_driver_cpus} for the"
-            f" trial driver need {need_cpu:g} CPUs; the cluster has {total.get('CPU', 0):g}"
-        )
-    if need_gpu > total.get("GPU", 0) + 1e-9:
-        raise ConfigError(
-            f"resources.num_workers: {r.num_workers} workers x {r.gpus_per_worker} GPU need {need_gpu:g} GPUs;"
-            f" the cluster has {total.get('GPU', 0):g}"
-        )
