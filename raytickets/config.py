@@ -27,7 +27,7 @@ from .tasks import MIN_SEQ_LENGTH, TASKS  # the task table; tasks imports no tor
 
 __all__ = ["DataConfig", "TrainConfig", "PruneConfig", "TicketConfig", "ParamSpec", "TransferConfig", "SearchConfig",
            "ResourcesConfig", "SweepConfig", "GLUE_TASKS", "load", "resolve", "default_learning_rate",
-           "apply_overrides", "build", "read_yaml", "to_dict"]
+           "apply_overrides", "build", "read_yaml", "to_dict", "DistillConfig"]
 
 GLUE_TASKS = tuple(TASKS)  # every task of the table: the GLUE tasks and mlm
 
@@ -93,6 +93,22 @@ class DataConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation of every pruned model (distill.py): alpha · KD + (1 - alpha) · the task loss. The
+    defaults are Sanh et al.'s movement-pruning scripts' (alpha_distil 0.5, temperature 2.0; distill.py)."""
+
+    alpha: float = 0.5
+    temperature: float = 2.0
+    teacher: str | None = None  # null: the trajectory's own full fine-tuned model (round 0); or a model directory
+
+    def validate(self, path: str) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"{path}.alpha: {self.alpha} must be in [0, 1] (the KD term's weight)")
+        if not self.temperature > 0 or not math.isfinite(self.temperature):
+            raise ConfigError(f"{path}.temperature: {self.temperature} must be a positive number")
+
+
+@dataclass
 class TrainConfig:
     learning_rate: float | None = None  # null: the model's default (`default_learning_rate`), set by resolve()
     epochs: float = 3.0
@@ -127,8 +143,12 @@ class TrainConfig:
     mlm_warmup_steps: int = 1000
     mlm_warmup_layers: int = 0
     mlm_warmup_learning_rate: float = 3e-3
+    # Knowledge distillation of every fine-tune but the full model's (distill.py); null: none
+    distill: DistillConfig | None = None
 
     def validate(self, path: str) -> None:
+        if self.distill is not None:
+            self.distill.validate(f"{path}.distill")
         for name in ("learning_rate", "epochs", "batch_size", "eval_batch_size", "max_grad_norm"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{path}.{name}: {getattr(self, name)} must be positive")
@@ -187,6 +207,10 @@ class _PruneBehaviour:
         method.hp.validate(path)
         if imp:
             method.validate(path)
+        if method.gradual and (self.baselines or self.rewind_step):  # one run from the pre-trained weights
+            name, value = ("baselines", self.baselines) if self.baselines else ("rewind_step", self.rewind_step)
+            raise ConfigError(f"{path}.{name}: {value!r} with trajectory 'gradual', which neither rewinds nor has "
+                              f"baselines; allowed: {'[]' if name == 'baselines' else '0'}")
         if self.rewind_step < 0:
             raise ConfigError(f"{path}.rewind_step: {self.rewind_step} must be >= 0")
         if self.min_gain is not None and not -1 <= self.min_gain <= 1:
@@ -262,6 +286,10 @@ class TicketConfig:
         if TASKS[self.task].is_span and self.task not in self.per_task:  # else checked with its per_task settings
             self.data.validate_squad(f"{p}data")
         self.train.validate(f"{p}train")
+        if self.train.distill is not None:  # the teacher must read this model's inputs and score this task
+            from .distill import check_distill
+
+            check_distill(self.train.distill, TASKS[self.task], self.model, f"{p}train.distill")
         self.prune.validate(f"{p}prune", imp=imp)
         from .models import check_patterns, parameter_names
 

@@ -34,8 +34,11 @@ GENERIC_PRUNE = ("method", "rounds", "rewind_step", "min_gain", "include", "excl
 ID_ONLY_WHEN_SET = (("data", "corpus"), ("data", "mlm_probability"), ("data", "mlm_copies"), ("data", "doc_stride"),
                     ("data", "max_answer_length"), ("data", "n_best"), ("data", "squad_dir"), ("data", "squad_train"),
                     ("data", "squad_dev"), ("prune", "pattern"),
+                    ("prune", "trajectory"), ("prune", "update_every"), ("prune", "initial_sparsity"),
+                    ("prune", "gradual_begin"), ("prune", "gradual_end"),
                     ("train", "bucket_by_length"), ("train", "compile"), ("train", "mlm_warmup_steps"),
-                    ("train", "mlm_warmup_layers"), ("train", "mlm_warmup_learning_rate"))
+                    ("train", "mlm_warmup_layers"), ("train", "mlm_warmup_learning_rate"),
+                    ("train", "distill"))
 # ... except in an mlm run's id, which holds the head warm-up settings always: mlm rounds changed meaning when
 # the MLM head began to be warmed up and carried over between rounds (issue 17), so an mlm round stored before
 # must not be resumed as one of today's.
@@ -89,6 +92,7 @@ def run_id(cfg: TicketConfig) -> str:
 def full_id(cfg: TicketConfig) -> str:
     """Id of the full-model run a trajectory starts from (pruning settings other than rewinding excluded)."""
     d = settings(cfg)
+    d["train"].pop("distill", None)  # the full model is never distilled: it is the default teacher
     return digest({**{k: d[k] for k in ("task", "model", "metrics", "data", "train")},
                    "rewind_step": cfg.prune.rewind_step})
 

@@ -275,6 +275,7 @@ class Trajectory:
         steps = total_steps(len(prep.train), cfg.train, world()[1])
         if cfg.prune.rewind_step > steps:
             raise ConfigError(f"prune.rewind_step: {cfg.prune.rewind_step} is beyond the {steps} training steps")
+        self.method.check_steps(steps, "prune")
         return prep
 
     # -- round 0 -----------------------------------------------------------------------------------
@@ -301,15 +302,18 @@ class Trajectory:
                     write_dir_atomically(self.full_dir, write)
                 barrier()
         weights = load_file(str(self.full_dir / "weights.safetensors"))
+        self._full_weights = weights  # the default distillation teacher
         rewind = RewindPoint(load_file(str(self.full_dir / "rewind.safetensors")), k) if k > 0 else prep.initial
         state = RoundState(0, self._read_rows(self.full_dir), Mask.ones_like(prunable_of(self.cfg, prep.model)),
                            weights, resumed=cached, directory=self.full_dir, losses=losses)
         return state, rewind
 
     # -- round r -----------------------------------------------------------------------------------
-    def _pruning_on(self, prep: Prepared, params, state: dict, salt: int = 0) -> PruneContext:
-        """A PruneContext on `state`'s weights: this rank's part of epoch 0's global batches, sums over ranks."""
-        prep.model.load_state_dict(state)
+    def _pruning_on(self, prep: Prepared, params, state: dict | None, salt: int = 0) -> PruneContext:
+        """A PruneContext on `state`'s weights (None: the model as it is, mid-run for gradual pruning): this rank's
+        part of epoch 0's global batches, sums over ranks."""
+        if state is not None:
+            prep.model.load_state_dict(state)
         train = self.cfg.train
         return PruneContext(
             model=prep.model, params=params,
@@ -319,9 +323,25 @@ class Trajectory:
         )
 
     def _train(self, prep: Prepared, params, mask: Mask, point: RewindPoint, desc: str) -> FinetuneResult:
+        teacher = self._teacher(prep)
         prep.model.load_state_dict(point.state)
         return finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, self.cfg.train, mask, params,
-                        start_step=point.step, desc=desc)
+                        start_step=point.step, desc=desc, teacher=teacher)
+
+    def _teacher(self, prep: Prepared) -> torch.Tensor | None:
+        """train.distill: the teacher's logits of every training example, computed once per trajectory (from the
+        full fine-tuned model, round 0, unless a teacher directory is named); None without distillation."""
+        d = self.cfg.train.distill
+        if d is None:
+            return None
+        if getattr(self, "_teacher_logits", None) is None:
+            from .distill import teacher_logits
+
+            if d.teacher is None:
+                prep.model.load_state_dict(self._full_weights)
+            self._teacher_logits = teacher_logits(prep.model, prep.train, prep.collate, self.cfg.train.eval_batch_size,
+                                                  self.cfg.train.precision, d.teacher)
+        return self._teacher_logits
 
     def _with_head(self, rewind: RewindPoint, head: dict[str, torch.Tensor] | None) -> RewindPoint:
         """The rewind point with the MLM head replaced by `head` (mlm: only the encoder goes back); else as is."""
@@ -346,6 +366,8 @@ class Trajectory:
 
     def _round(self, r: int, prep: Prepared, params, prev: RoundState, full: RoundState, rewind: RewindPoint,
                ) -> RoundState:
+        if self.method.gradual:
+            return self._gradual(r, prep, params, full)
         cfg, started = self.cfg, _now()
         target = self.method.target(r)
         ctx = self._pruning_on(prep, params, prev.weights, salt=r + 500_000)
@@ -380,6 +402,32 @@ class Trajectory:
         if self.rank == 0:
             write_dir_atomically(self.round_dir(r), lambda d: self._write_round(d, state, evidence))
             self._drop_weights(r - 1)
+        barrier()
+        state.directory = self.round_dir(r)
+        return state
+
+    def _gradual(self, r: int, prep: Prepared, params, full: RoundState) -> RoundState:
+        """The gradual kind's one round: fine-tune from the pre-trained weights while the method raises the mask
+        (gradual.py): no rewinding, no baselines; the mask updates go to the round's schedule.json."""
+        from .gradual import GradualPruner, GradualSchedule
+
+        started = _now()
+        steps = total_steps(len(prep.train), self.cfg.train, world()[1])
+        teacher = self._teacher(prep)
+        prep.model.load_state_dict(prep.initial.state)
+        pruner = GradualPruner(self.method, GradualSchedule.of(self.method.hp, steps), params,
+                               lambda: self._pruning_on(prep, params, None, salt=r + 500_000), Mask.ones_like(params))
+        res = finetune(prep.model, prep.task, prep.train, prep.dev, prep.collate, self.cfg.train, None, params,
+                       desc="gradual", pruner=pruner, teacher=teacher)
+        mask = pruner.mask
+        state = RoundState(r, [self._row(r, "ticket", mask.sparsity(), res, mask, started, full.rows[0].metric)], mask,
+                           state_copy(prep.model), {mask.mask_id: mask}, losses={"ticket": res.losses})
+        if self.rank == 0:
+            def write(d: Path) -> None:
+                self._write_round(d, state, {})
+                (d / "schedule.json").write_text(json.dumps(pruner.updates))
+
+            write_dir_atomically(self.round_dir(r), write)
         barrier()
         state.directory = self.round_dir(r)
         return state

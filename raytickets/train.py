@@ -121,6 +121,8 @@ def finetune(
     on_step: Callable[[int, float], None] | None = None,
     start_step: int = 0,
     desc: str | None = None,
+    pruner=None,
+    teacher: torch.Tensor | None = None,
 ) -> FinetuneResult:
     """Fine-tune `model` in place under `mask` (applied to `params`, the prunable tensors) and evaluate.
 
@@ -128,6 +130,9 @@ def finetune(
     (step 0 = before any update): the rewind point of late rewinding. `start_step`: the model holds the
     weights of step `start_step` of this run, which continues from there (the learning-rate schedule and
     the data order as if it had run those steps; the optimiser's moments start fresh, as open_lth's do).
+    `pruner`: a gradual.GradualPruner that sees every step's gradients and replaces the mask at its update steps.
+    `teacher`: the teacher's logits of every training example (distill.teacher_logits): the loss is then
+    `cfg.distill`'s mix of KD and the task loss.
     """
     if mask is not None:
         mask.apply(params)  # validates the mask against params once, before the first step
@@ -170,7 +175,8 @@ def finetune(
             # DDP averages gradients on the last micro-batch of a step only (no_sync before it)
             with net.no_sync() if micro < acc and size > 1 else contextlib.nullcontext():
                 with autocast(precision, device):
-                    loss = net(**batch).loss
+                    out = net(**batch)
+                loss = out.loss if teacher is None else _distilled(out, teacher[indices], cfg, task)
                 scaled = loss.float() * loss_weight(len(indices), global_size) / acc
                 (scaler.scale(scaled) if scaler else scaled).backward()
             pending.append(float(loss.detach()))
@@ -178,6 +184,8 @@ def finetune(
                 continue
             if scaler:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            if pruner is not None:  # movement scores see the true gradients of every weight still there
+                pruner.after_backward()
             for p, keep in grad_masks:  # pruned weights do not exist: no gradient, no share of the clip norm
                 p.grad.mul_(keep)
             norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)))
@@ -193,6 +201,10 @@ def finetune(
                 bar.update()
             if on_step is not None:
                 on_step(step, losses[-1])
+            if pruner is not None and (raised := pruner.after_step(step)) is not None:
+                mask = raised
+                mask.apply(params)
+                grad_masks = _grad_masks(mask, params)
             if step == capture_step:
                 rewind = state_copy(model)
             if step >= steps:
@@ -204,6 +216,13 @@ def finetune(
                                precision=precision)
     return FinetuneResult(metrics, steps - start_step, time.perf_counter() - started, rewind, losses, rates, norms,
                           chance)
+
+
+def _distilled(out, teacher: torch.Tensor, cfg: TrainConfig, task: TaskSpec) -> torch.Tensor:
+    from .distill import kd_loss
+
+    d = cfg.distill
+    return kd_loss(out.logits, teacher, out.loss, d.alpha, d.temperature, task.is_regression)
 
 
 def _mover(device: torch.device) -> Callable[[dict], dict]:

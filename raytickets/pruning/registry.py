@@ -106,6 +106,19 @@ class Method:
     def check_model(self, model_config: Any, path: str) -> None:
         """Fail before anything is trained when the model cannot take this method's targets."""
 
+    # -- gradual pruning (gradual.py): one fine-tuning run whose mask is raised as it trains ----------------------
+    @property
+    def gradual(self) -> bool:
+        """Whether the trajectory prunes during one fine-tuning run instead of in IMP rounds."""
+        return False
+
+    def check_steps(self, steps: int, path: str) -> None:
+        """Fail before training when the run's `steps` cannot hold this method's schedule."""
+
+    def observe(self, params: Mapping[str, Any]) -> None:
+        """Called after every optimiser step's backward pass of a gradual run (true gradients in `.grad`, before
+        the pruned ones are zeroed): where a method accumulates what it scores by (movement)."""
+
     def check_params(self, params: Mapping[str, Any], path: str) -> None:
         """Fail before anything is trained when the prunable tensors cannot take this method's masks (shapes)."""
 

@@ -42,9 +42,21 @@ class ScheduleHparams:
     # "N:M" semi-structured tickets (pruning/nm.py): at most N of every M consecutive input weights of a row
     # survive; the trajectory ends at 1 - N/M (target_sparsity null or equal to it), every round above the floor
     pattern: str | None = None
+    # imp: rounds of fine-tune -> prune -> rewind (tickets.py). gradual: one fine-tuning run from the pre-trained
+    # weights whose mask is raised every `update_every` steps on Zhu & Gupta's cubic curve from
+    # `initial_sparsity` to `target_sparsity`, between `gradual_begin` and `gradual_end` (fractions of the run's
+    # steps), no rewinding (gradual.py). 0.1 and 0.8: Sanh et al.'s movement pruning runs (one LR-warmup's worth
+    # of steps dense, the last two at the target; see gradual.py for the citation).
+    trajectory: Literal["imp", "gradual"] = "imp"
+    update_every: int = 10
+    initial_sparsity: float = 0.0
+    gradual_begin: float = 0.1
+    gradual_end: float = 0.8
 
     def validate(self, path: str) -> None:
         from .nm import parse_pattern, pattern_sparsity  # nm builds on this module's helpers
+
+        self.validate_gradual(path)
 
         if not 0 < self.rate < 1:
             raise ConfigError(f"{path}.rate: {self.rate} must be in (0, 1)")
@@ -59,6 +71,30 @@ class ScheduleHparams:
         if nm is not None and getattr(self, "scope", None) == "per_row":
             raise ConfigError(f"{path}.scope: 'per_row' with pattern {self.pattern!r}; allowed with a pattern: "
                               f"global, per_tensor (the pattern already fixes every row)")
+
+
+    def validate_gradual(self, path: str) -> None:
+        defaults = ScheduleHparams()
+        if self.trajectory == "imp":  # a gradual setting on an IMP trajectory would be silently ignored
+            for name in GRADUAL_FIELDS:
+                if getattr(self, name) != getattr(defaults, name):
+                    raise ConfigError(f"{path}.{name}: {getattr(self, name)!r} is a setting of trajectory 'gradual'; "
+                                      f"trajectory is 'imp' (set prune.trajectory: gradual)")
+            return
+        if not isinstance(self.update_every, int) or self.update_every < 1:
+            raise ConfigError(f"{path}.update_every: {self.update_every!r} must be a positive number of steps")
+        if self.target_sparsity is None and self.pattern is None:
+            raise ConfigError(f"{path}.target_sparsity: null; trajectory 'gradual' needs the sparsity it ends at, "
+                              f"in (0, 1)")
+        end = self.target_sparsity if self.target_sparsity is not None else 1.0
+        if not 0 <= self.initial_sparsity < end:
+            raise ConfigError(f"{path}.initial_sparsity: {self.initial_sparsity} must be in [0, target_sparsity)")
+        if not 0 <= self.gradual_begin < self.gradual_end <= 1:
+            raise ConfigError(f"{path}.gradual_begin: {self.gradual_begin}, gradual_end: {self.gradual_end}; allowed: "
+                              f"fractions of the run's steps with 0 <= gradual_begin < gradual_end <= 1")
+
+
+GRADUAL_FIELDS = ("update_every", "initial_sparsity", "gradual_begin", "gradual_end")
 
 
 def schedule_sparsity(schedule: str, rate: float, round: int) -> float:
@@ -82,6 +118,18 @@ class ScheduleMethod(Method):
         self.pattern = parse_pattern(getattr(hparams, "pattern", None))
         if self.pattern is not None and hparams.target_sparsity is None:  # the pattern says where it ends
             self.hp = replace(hparams, target_sparsity=pattern_sparsity(*self.pattern))
+        if self.gradual:  # one run per target: the target changes its result (run id), trajectories at several
+            self.shares_rounds, self.stop_fields = False, ()  # targets make one curve (setting id)
+            self.axis_fields = ("rate", "target_sparsity")
+
+    @property
+    def gradual(self) -> bool:
+        return self.hp.trajectory == "gradual"
+
+    def check_steps(self, steps: int, path: str) -> None:
+        if self.gradual and self.hp.update_every > steps:
+            raise ConfigError(f"{path}.update_every: {self.hp.update_every} is beyond the {steps} training steps of "
+                              f"the run; allowed: 1 to {steps}")
 
     def check_params(self, params: Mapping[str, torch.Tensor], path: str) -> None:
         if self.pattern is not None:
@@ -91,6 +139,11 @@ class ScheduleMethod(Method):
 
     def validate(self, path: str) -> None:
         hp = self.hp
+        if self.gradual:
+            if self.rounds not in (None, 1):
+                raise ConfigError(f"{path}.rounds: {self.rounds} with trajectory 'gradual' (one fine-tuning run); "
+                                  f"allowed: null")
+            return
         if self.rounds is None and hp.target_sparsity is None:
             raise ConfigError(f"{path}.rounds: set rounds or target_sparsity (both are null)")
         if hp.schedule == "original" and self.rounds is not None and hp.target_sparsity is None:
@@ -103,6 +156,8 @@ class ScheduleMethod(Method):
     def num_rounds(self) -> int:
         """Rounds of pruning; with a target sparsity, enough rounds of the schedule to reach it."""
         hp = self.hp
+        if self.gradual:  # the one fine-tuning run, recorded as round 1
+            return 1
         if hp.target_sparsity is None:
             return int(self.rounds)
         r = 1

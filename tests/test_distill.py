@@ -1,0 +1,123 @@
+"""Knowledge distillation (train.distill): the KD loss against values computed by hand, a trajectory whose ticket's
+first training loss is the hand-computed KD of its batch against the full model's cached logits, the full model
+shared with undistilled trajectories, and teachers of another task or vocabulary refused in one line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raytickets import cli, runs
+from raytickets.config import DistillConfig
+from raytickets.distill import kd_loss
+from raytickets.distributed import global_batches
+from raytickets.models import tiny_bert
+from raytickets.tickets import Trajectory, prepare, prunable_of
+
+from test_tickets import cache_dir, imp_args, make_cfg  # noqa: F401  (fixtures)
+
+
+def softmax(x):
+    e = [math.exp(v) for v in x]
+    return [v / sum(e) for v in e]
+
+
+def test_kd_loss_is_hintons_mix_computed_by_hand():
+    s = [[1.0, 2.0, 0.0], [0.5, -1.0, 2.0]]
+    t = [[2.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    labels, T, alpha = [1, 2], 2.0, 0.7
+    kl = [sum(p * (math.log(p) - math.log(q)) for p, q in zip(softmax([v / T for v in ti]), softmax([v / T for v in si])))
+          for si, ti in zip(s, t)]
+    ce = [-math.log(softmax(si)[y]) for si, y in zip(s, labels)]
+    expected = alpha * T * T * sum(kl) / 2 + (1 - alpha) * sum(ce) / 2
+    task = torch.nn.functional.cross_entropy(torch.tensor(s), torch.tensor(labels))
+    assert float(kd_loss(torch.tensor(s), torch.tensor(t), task, alpha, T, regression=False)) == pytest.approx(expected)
+    # regression: the squared error to the teacher's prediction, no temperature
+    reg = kd_loss(torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0], [1.0]]), torch.tensor(0.5), 0.25, 2.0, True)
+    assert float(reg) == pytest.approx(0.25 * (1 + 4) / 2 + 0.75 * 0.5)
+
+
+def test_ticket_trains_on_the_kd_loss_against_the_full_models_cached_logits(make_cfg, tmp_path):
+    # no dropout, so the first step's loss is a function of the weights alone and can be recomputed here
+    model = tiny_bert(tmp_path / "nodrop", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = make_cfg(model=str(model), prune__rounds=1, train__distill=DistillConfig(alpha=0.6, temperature=3.0))
+    seen = {}
+    traj = Trajectory(cfg, tmp_path / "work")
+    traj.run(on_round=lambda state: seen.update({state.round: state}))
+    first_loss = seen[1].losses["ticket"][0]
+    prep = prepare(traj.cfg)
+    params = prunable_of(traj.cfg, prep.model)
+    indices, _ = next(global_batches(len(prep.train), cfg.train.batch_size, cfg.train.seed, 0, True))
+    batch = prep.collate([prep.train[i] for i in indices])
+    with torch.no_grad():
+        prep.model.load_state_dict(traj._full_weights)
+        teacher = prep.model(**{k: v for k, v in batch.items() if k != "labels"}).logits.numpy()
+        prep.model.load_state_dict(prep.initial.state)  # round 1 starts from the pre-trained weights, masked
+        seen[1].mask.apply(params)
+        student = prep.model(**{k: v for k, v in batch.items() if k != "labels"}).logits.numpy()
+    assert np.allclose(traj._teacher_logits[indices].numpy(), teacher, atol=1e-5)  # cached once, in eval mode
+    labels, T = batch["labels"].numpy(), 3.0
+    kl = ce = 0.0
+    for s, t, y in zip(student, teacher, labels):
+        p, q = softmax(list(t / T)), softmax(list(s / T))
+        kl += sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, q))
+        ce += -math.log(softmax(list(s))[y])
+    expected = 0.6 * T * T * kl / len(labels) + 0.4 * ce / len(labels)
+    assert first_loss == pytest.approx(expected, rel=1e-4)
+    undistilled = make_cfg(model=str(model), prune__rounds=1)
+    assert runs.full_id(traj.cfg) == runs.full_id(Trajectory(undistilled, tmp_path / "work").cfg)  # shared round 0
+    assert runs.run_id(traj.cfg) != runs.run_id(Trajectory(undistilled, tmp_path / "work").cfg)
+
+
+def teacher_dir(path, labels: int, task: str | None = None, vocab_size: int = 30522):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, num_labels=labels)
+    BertForSequenceClassification(config).save_pretrained(path / "teacher")
+    if task:
+        (path / "teacher" / "ticket.json").write_text(json.dumps({"task": task}))
+    return path / "teacher"
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("labels", "error: train.distill.teacher: '{}' is a model of 3 labels; allowed: a model fine-tuned on 'rte'"),
+    ("task", "error: train.distill.teacher: '{}' is a model of task 'mrpc'; allowed: a model fine-tuned on 'rte'"),
+    ("vocab", "error: train.distill.teacher: '{}' reads another vocabulary than model"),
+    ("squad", "error: train.distill: task 'squad'; logits distillation covers the GLUE classification and regression"),
+])
+def test_bad_teacher_is_one_line_before_any_training(tiny_model_dir, glue_dir, cache_dir, tmp_path, capsys, kind,
+                                                     message):
+    labels, task, extra = {"labels": (3, None, {}), "task": (2, "mrpc", {}), "vocab": (2, None, {"vocab_size": 1000}),
+                           "squad": (2, None, {})}[kind]
+    teacher = teacher_dir(tmp_path / "t", labels, task, **extra)
+    capsys.readouterr()  # what making the teacher printed
+    args = imp_args(tiny_model_dir, glue_dir, cache_dir, tmp_path / "out", "--rounds", "1",
+                    f"train.distill={{teacher: {teacher}}}" if kind != "squad" else "train.distill={}",
+                    *(["task=squad"] if kind == "squad" else []))
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(message.format(teacher)) and err.count("\n") == 1, err
+    assert not list((tmp_path / "out").rglob("rows.json"))
+
+
+def test_a_teacher_directory_gives_its_own_logits(make_cfg, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from raytickets.distill import teacher_logits
+    from raytickets.models import load_tokenizer
+
+    teacher = teacher_dir(tmp_path, 2)
+    load_tokenizer("minilm").save_pretrained(teacher)  # the student's tokenizer: the check passes
+    cfg = make_cfg(prune__rounds=1, train__distill=DistillConfig(teacher=str(teacher)))
+    prep = prepare(cfg)
+    got = teacher_logits(prep.model, prep.train, prep.collate, 16, "fp32", str(teacher))
+    direct = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
+    batch = prep.collate([prep.train[i] for i in range(len(prep.train))])
+    with torch.no_grad():
+        expected = direct(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert got.shape == (len(prep.train), 2) and torch.allclose(got, expected, atol=1e-5)
