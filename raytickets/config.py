@@ -97,8 +97,8 @@ class DistillConfig:
     """Knowledge distillation of every pruned model (distill.py): alpha · KD + (1 - alpha) · the task loss. The
     defaults are Sanh et al.'s movement-pruning scripts' (alpha_distil 0.5, temperature 2.0; distill.py)."""
 
-    alpha: float = 0.5
-    temperature: float = 2.0
+    alpha: float = 0.5  # the KD term's weight; the task's own loss gets 1 - alpha
+    temperature: float = 2.0  # softens both distributions (classification); the KD term is scaled by its square
     teacher: str | None = None  # null: the trajectory's own full fine-tuned model (round 0); or a model directory
 
     def validate(self, path: str) -> None:
