@@ -169,7 +169,7 @@ def test_the_configuration_reference_is_generated_from_todays_config():
         assert f"| `{f}` |" in text
     for key in ("ticket.train.learning_rate", "ticket.prune.head_fraction", "search.transfer.levels", "resources.num_workers"):
         assert f"| `{key}` |" in text, key
-    assert "| `ticket.prune.rate` | float | `0.1` |" in text and "(methods: activation, magnitude, random, taylor)" in text
+    assert "| `ticket.prune.rate` | float | `0.1` |" in text and "(methods: activation, magnitude, movement, random, taylor)" in text
     assert "a directory in the original GLUE TSV layout" in text  # DataConfig.glue_dir's comment
     assert SweepConfig  # the page walks SweepConfig: a field added there and not regenerated fails above
 
