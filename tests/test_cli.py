@@ -107,7 +107,7 @@ def one_line_error(res: subprocess.CompletedProcess) -> str:
         (["finetune", "--lr", "0"], "error: train.learning_rate: 0.0 must be positive"),
         (["finetune", "--epochs", "-1"], "error: train.epochs: -1.0 must be positive"),
         (["finetune", "--batch-size", "0"], "error: train.batch_size: 0 must be positive"),
-        (["finetune", "train.lerning_rate=1e-4"], "error: train.lerning_rate: unknown key; allowed: learning_rate"),
+        (["finetune", "train.lerning_rate=1e-4"], "error: train.lerning_rate: unknown key (did you mean learning_rate?); allowed: learning_rate"),
         (["finetune", "prune.schedule=linear"], "error: prune.schedule: 'linear' is not allowed; allowed: remaining"),
         (["finetune", "train.batch_size=big"], "error: train.batch_size: 'big' is not a number (int)"),
         (["finetune", "--random-mask", "1.5"], "error: --random-mask: 1.5 must be in [0, 1)"),
@@ -129,7 +129,7 @@ def test_typo_in_a_ticket_yaml_is_one_line_with_exit_code_2(tmp_path):
     config = tmp_path / "ticket.yaml"
     config.write_text("task: sst2\ntrain:\n  epochs: 1\n  batchsize: 16\n")
     line = one_line_error(call("finetune", "--config", str(config), "--out", str(tmp_path / "out")))
-    assert line.startswith("error: train.batchsize: unknown key; allowed: learning_rate"), line
+    assert line.startswith("error: train.batchsize: unknown key (did you mean batch_size?); allowed: learning_rate"), line
 
 
 @pytest.mark.parametrize("module", [None, "raytickets.sweep"])
