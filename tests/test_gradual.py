@@ -94,6 +94,9 @@ def test_movement_scores_are_minus_the_sum_of_weight_times_gradient():
         method.observe({"w": w})
     # by hand: -(1·0.1 + 1·-0.4), -(-2·0.2 + -2·0.1), -(0.5·-0.3 + 0.5·0.2), -(3·0 + 3·-1)
     assert torch.allclose(method.movement["w"], torch.tensor([[0.3, 0.6], [0.05, 3.0]]))
+    w.grad = torch.tensor([[float("inf"), 0.0], [0.0, 0.0]])  # an fp16 overflow, a step GradScaler skips
+    method.observe({"w": w})
+    assert torch.allclose(method.movement["w"], torch.tensor([[0.3, 0.6], [0.05, 3.0]]))
 
 
 def test_gradual_trajectory_rows_sit_beside_imp_as_one_curve_over_targets(make_cfg, tmp_path):

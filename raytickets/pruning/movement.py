@@ -38,10 +38,12 @@ class Movement(ScheduleMethod):
         super().validate(path)
 
     def observe(self, params: Mapping[str, Any]) -> None:
-        for name, p in params.items():
-            if p.grad is None:  # a tensor outside the graph of this step: it did not move
-                continue
-            step = -(p.detach().float() * p.grad.detach().float())
+        # a tensor outside the graph of this step (no .grad) did not move
+        steps = {name: -(p.detach().float() * p.grad.detach().float()) for name, p in params.items()
+                 if p.grad is not None}
+        if not all(bool(torch.isfinite(s).all()) for s in steps.values()):
+            return  # an fp16 step whose gradients overflowed: GradScaler skips it, and so do the scores
+        for name, step in steps.items():
             if name in self.movement:
                 self.movement[name] += step
             else:
