@@ -22,7 +22,7 @@ from typing import Any, Literal, Sequence
 from . import pruning
 from .baselines import BASELINES
 from .errors import ConfigError
-from .loader import SECTIONS, apply_overrides, build, read_yaml, to_dict
+from .loader import SECTIONS, apply_overrides, build, read_config, read_yaml, to_dict
 from .tasks import MIN_SEQ_LENGTH, TASKS  # the task table; tasks imports no torch
 
 __all__ = ["DataConfig", "TrainConfig", "PruneConfig", "TicketConfig", "ParamSpec", "TransferConfig", "SearchConfig",
@@ -545,6 +545,27 @@ def check_name(name: str, field: str = "name") -> None:
 
 
 @dataclass
+class MlflowTracking:
+    tracking_uri: str | None = None  # null: a SQLite store in the results root (sweep/tracking.py says why not file:)
+    experiment: str | None = None  # null: the sweep's name
+
+
+@dataclass
+class WandbTracking:
+    project: str | None = None  # null: the sweep's name
+    mode: Literal["auto", "online", "offline"] = "auto"  # auto: offline unless WANDB_API_KEY is set
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment trackers fed by Ray Tune's logger callbacks: one run per trial, each round's metrics and every
+    training step's loss (sweep/tracking.py). TensorBoard needs no entry: Tune writes event files per trial."""
+
+    mlflow: MlflowTracking | None = None
+    wandb: WandbTracking | None = None
+
+
+@dataclass
 class SweepConfig:
     name: str = "sweep"
     storage_path: str = "results"  # local directory or s3://bucket/prefix (every node must reach it)
@@ -554,6 +575,7 @@ class SweepConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     max_failures: int = 2  # Tune retries of a trial whose workers died
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self, path: str = "", reads_ticket: bool = True) -> None:
         """`reads_ticket`: whether the sweep's mode trains from the ticket template (its mode says; one that reads
@@ -575,7 +597,7 @@ def load(cls=None, path: str | os.PathLike | None = None, overrides: Sequence[st
     `validate=False` for a sweep, whose mode decides what is read (`sweep.tuner.load_config` validates it).
     """
     cls = cls or SweepConfig
-    data = read_yaml(path) if path else dict(base or {})
+    data = read_config(path) if path else dict(base or {})
     cfg = build(cls, apply_overrides(data, overrides))
     if not validate:
         return cfg
