@@ -130,8 +130,10 @@ MAIN_METRIC = {"cola": "matthews", "mrpc": "f1", "qqp": "f1", "stsb": "pearson"}
 
 
 def test_task_table_has_all_nine_glue_tasks_with_hub_label_order():
-    assert list(GLUE) == list(HUB_LABELS) and list(TASKS) == [*HUB_LABELS, "mlm"]
+    assert list(GLUE) == list(HUB_LABELS) and list(TASKS) == [*HUB_LABELS, "mlm", "squad"]
     assert TASKS["mlm"].is_mlm and not TASKS["mlm"].is_regression and TASKS["mlm"].main_metric == "accuracy"
+    squad = TASKS["squad"]  # question answering: not a GLUE task, not a regression, F1 then exact match
+    assert squad.is_span and not squad.is_regression and squad.metrics == ("f1", "exact_match")
     for name in GLUE:
         task = TASKS[name]
         assert get_task(name) is task and task.name == task.hub_name == name
