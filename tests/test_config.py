@@ -69,7 +69,7 @@ def error_of(fn, *args) -> str:
         (("prune.method=structured", "prune.ffn_fraction=-0.2"), ["prune.ffn_fraction:", "-0.2", "[0, 1)"]),
         # a setting of another method is an error, not silently ignored
         ("prune.head_fraction=0.3", ["prune.head_fraction:", "0.3", "a setting of structured", "not of method "
-                                     "'magnitude'", "its settings: losing, pattern, rate"]),
+                                     "'magnitude'", "its settings: gradual_begin, gradual_end, initial_sparsity, losing, pattern, rate"]),
         (("prune.method=structured", "prune.rate=0.2"), ["prune.rate:", "a setting of", "magnitude", "not of method "
                                                     "'structured'"]),
         ("train.learning_rate=0", ["train.learning_rate:", "0", "positive"]),
