@@ -253,6 +253,8 @@ def test_a_structured_squad_ticket_exports_for_the_qa_pipeline_and_onnx(tiny_mod
     assert (tmp_path / "hf" / "shrunk" / "shrink.json").is_file()
     card = ModelCard.load(tmp_path / "hf" / "README.md").data
     assert card.pipeline_tag == "question-answering" and card.datasets == ["rajpurkar/squad"]
+    text = (tmp_path / "hf" / "README.md").read_text()
+    assert "AutoModelForQuestionAnswering.from_pretrained(DIR)" in text and "SequenceClassification" not in text
     # transformers 5 removed pipeline("question-answering"); squad.answer reads a span as that pipeline did
     model = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "hf")
     context = "The Denver Broncos won Super Bowl 50 in 2016."

@@ -205,7 +205,7 @@ def model_card(ticket: Ticket, report: Report) -> str:
         *_row(f"seeds at this sparsity ({p['metric_name']})", seeds),
         *_row("mask id", p["mask_id"]), *_row("run id", p["run_id"]), *_row("setting id", p["setting_id"]),
         *_row("license", data.license or "unknown: see the base model's card"),
-        "", *_storage_lines(report), "", "## What set the sparsity", "",
+        "", *_storage_lines(report, get_task(p["task"]).is_span), "", "## What set the sparsity", "",
         "The pruning settings of the trajectory (they move a ticket along its curve, so its setting id leaves them "
         "out), this ticket's round and the rounds its trajectory ran:", "",
         "| setting | value |", "|---|---|", *(f"| {md_cell(k)} | {md_cell(json.dumps(v))} |"
@@ -248,14 +248,16 @@ def _chance_lines(p: dict) -> list[str]:
             "curve can match or beat it; this mask is exported only as asked.", ""]
 
 
-def _storage_lines(report: Report) -> list[str]:
+def _storage_lines(report: Report, span: bool = False) -> list[str]:
+    """`span`: an extractive QA ticket (squad), whose head gives start and end logits per token."""
+    auto = "AutoModelForQuestionAnswering" if span else "AutoModelForSequenceClassification"
+    outputs = "outputs start_logits and end_logits [batch, sequence]" if span else "output logits"
     lines = ["## Files", ""]
     if report.format == "hf":
         lines.append("`model.safetensors` is the masked dense model: pruned weights are zeros, shapes are the base "
-                     "model's, so `AutoModelForSequenceClassification.from_pretrained(DIR)` loads it with plain "
-                     "transformers.")
+                     f"model's, so `{auto}.from_pretrained(DIR)` loads it with plain transformers.")
     if report.format == "onnx":
-        lines.append(f"`{ONNX_FILE}` (inputs {', '.join(ONNX_INPUTS)}: int64 [batch, sequence]; output logits) runs in "
+        lines.append(f"`{ONNX_FILE}` (inputs {', '.join(ONNX_INPUTS)}: int64 [batch, sequence]; {outputs}) runs in "
                      "onnxruntime: `onnxruntime.InferenceSession(DIR/model.onnx)`, or "
                      "`raytickets.export.OnnxModel(DIR)`, called like a transformers model. It is the portable form: "
                      "no raytickets or transformers needed.")
