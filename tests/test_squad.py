@@ -277,8 +277,9 @@ def test_a_structured_squad_ticket_exports_for_the_qa_pipeline_and_onnx(tiny_mod
 @pytest.mark.slow
 def test_the_packaged_minilm_learns_squad_on_the_shared_train_subset(tmp_path):
     """The real pre-trained MiniLM, 40 steps on windows of the shared train subset, scored on 100 dev questions:
-    F1 well above the empty answer's 0 (the chance value of task squad). The longer run in docs/squad.md (60 steps,
-    300 questions) reached 0.10-0.14."""
+    F1 above the empty answer's 0 (the chance value of task squad) and exact matches: the same 40 steps from a
+    random-init tiny BERT reach F1 0.073 by overlap of long spans but no exact match (EM 0.00), while MiniLM gave
+    F1 0.099, EM 0.06. The longer run in docs/squad.md (60 steps, 300 questions) reached F1 0.10-0.14."""
     from raytickets import cli
 
     out = tmp_path / "ft"
@@ -287,5 +288,5 @@ def test_the_packaged_minilm_learns_squad_on_the_shared_train_subset(tmp_path):
                      "--max-steps", "40", "--batch-size", "16", "--learning-rate", "2e-4", "--out", str(out),
                      "data.doc_stride=64", "train.progress=false", f"data.cache_dir={tmp_path / 'cache'}"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert metrics["f1"] > 0.05 and 0 < metrics["exact_match"] <= metrics["f1"], metrics
+    assert metrics["f1"] > 0.05 and 0.03 <= metrics["exact_match"] <= metrics["f1"], metrics
     print(f"\nMiniLM on squad after 40 steps: F1 {metrics['f1']:.4f}, EM {metrics['exact_match']:.4f}")
