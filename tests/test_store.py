@@ -151,7 +151,7 @@ def test_a_version_1_file_is_read_with_the_new_columns_null(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [
     ({"kind": "lottery"}, r"rounds\.kind: 'lottery' is not allowed; allowed: ticket, full, transfer, mtl, random"),
-    ({"method": "movement"}, r"rounds\.method: 'movement'"),
+    ({"method": "bogus-method"}, r"rounds\.method: 'bogus-method'"),
     ({"sparsity": 1.5}, r"rounds\.sparsity: 1\.5 is not a fraction"),
     ({"metric": None}, r"rounds\.metric: missing or None, but it is required"),
     ({"metric": "high"}, r"rounds\.metric: value 'high' is not double"),

@@ -371,7 +371,7 @@ def test_the_command_prints_the_table_with_each_tasks_sharing_and_skips_stored_r
     ({"arms": ["plain", "tickets"]}, ConfigError, "arms: unknown arm 'tickets'; allowed: plain, tickets_share"),
     ({"data.max_dev_examples": 16}, ConfigError, "data.max_dev_examples: 16, but sst2's tickets were scored with"),
     ({"train.seed": 3}, ConfigError, "train.seed: 3; multi-task runs take their seeds from `seeds`"),
-    ({"trian.max_steps": 3}, ConfigError, "trian: unknown key; allowed: tasks, tickets"),
+    ({"trian.max_steps": 3}, ConfigError, "trian: unknown key (did you mean train?); allowed: tasks, tickets"),
     ({"ticket_rule": "sometimes"}, ConfigError, "ticket_rule: unknown rule 'sometimes'; allowed: super, significant, always"),
 ])
 def test_bad_input_is_one_line_before_any_training(tickets_root, data_cfg, tmp_path, fields, error, message):

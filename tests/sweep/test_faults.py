@@ -100,7 +100,8 @@ def round_seconds(work: Path, run: str, skip: int) -> float:
 
 def readable_or_temporary(results: Path) -> list[str]:
     """Every file under a results root a reader would trip over: a `*.parquet` that does not read, or anything that
-    is neither a table file, kept weights nor a writer's temporary `.tmp-*.partial`. Empty when all is well."""
+    is neither a table file, kept weights, the sweep's JSON record nor a writer's temporary `.tmp-*.partial`. Empty
+    when all is well."""
     from safetensors.torch import load_file
 
     bad = []
@@ -115,6 +116,8 @@ def readable_or_temporary(results: Path) -> list[str]:
                 pq.read_table(path)
             elif name.endswith(".safetensors"):
                 load_file(str(path))
+            elif path.parent.name == "sweeps" and name.endswith(".json"):  # the sweep's record (report header)
+                json.loads(path.read_text())
             else:
                 bad.append(f"{path}: unexpected file")
         except Exception as exc:  # noqa: BLE001 — any failure to read is what this looks for
