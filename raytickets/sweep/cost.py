@@ -9,7 +9,6 @@ and Ray Train's start-up per trial are not in the steps; the estimate adds the s
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import time
 from collections import Counter
@@ -104,6 +103,7 @@ def _priced(cost: Cost, ticket: TicketConfig, num_workers: int) -> Cost:
 
 def ticket_sweep_cost(cfg: SweepConfig, jobs: list[dict] | None) -> Cost:
     """Every trial of a grid or optuna ticket sweep (or of a transfer sweep's `jobs`)."""
+    from .tickets import grid_points
     from .trial import JOB_KEY, trial_ticket
 
     workers = cfg.resources.num_workers
@@ -117,7 +117,7 @@ def ticket_sweep_cost(cfg: SweepConfig, jobs: list[dict] | None) -> Cost:
                 total.add(_priced(Cost(1, Counter({"full": 1, "transfer": 1})), ticket, workers))
         total.note = "the transfer jobs, each counted with its target's full model (shared ones cost less)"
         return total
-    points = _grid_points(cfg)
+    points = grid_points(cfg)
     if cfg.search.mode == "grid":
         for _ in range(cfg.search.num_samples):
             for params in points:
@@ -130,18 +130,6 @@ def ticket_sweep_cost(cfg: SweepConfig, jobs: list[dict] | None) -> Cost:
         total.add(trajectory_cost(trial_ticket(cfg, tasks[i % len(tasks)]), workers))
     total.note = "optuna samples: each trial priced at the template's values (tasks taken in turn)"
     return total
-
-
-def _grid_points(cfg: SweepConfig) -> list[dict]:
-    """The grid's parameter dicts; a range without values or step (optuna only) contributes nothing."""
-    from .tickets import _grid_values
-
-    keys, values = [], []
-    for key, spec in cfg.search.space.items():
-        if spec.values is not None or spec.step is not None:
-            keys.append(key)
-            values.append(spec.values if spec.values is not None else _grid_values(spec))
-    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
 def measure_steps_per_second(ticket: TicketConfig, threads: int, gpu: bool = False, budget_s: float = 10.0) -> float:

@@ -172,11 +172,19 @@ def param_space(cfg: SweepConfig, jobs: list[dict] | None = None) -> dict:
 def packed_grid(cfg: SweepConfig, jobs: list[dict] | None = None) -> list[list[dict]]:
     """The grid's points (the product of the space's values and the transfer jobs, the last varying fastest), in
     groups of `search.trajectories_per_trial`: one group per trial. The same config always packs the same groups."""
-    keys = list(cfg.search.space) + ([JOB_KEY] if jobs else [])
-    values = [spec.values if spec.values is not None else _grid_values(spec) for spec in cfg.search.space.values()]
-    points = [dict(zip(keys, combo)) for combo in itertools.product(*values, *([jobs] if jobs else []))]
+    points = grid_points(cfg)
+    if jobs:
+        points = [{**point, JOB_KEY: job} for point in points for job in jobs]
     k = cfg.search.trajectories_per_trial
     return [points[i:i + k] for i in range(0, len(points), k)]
+
+
+def grid_points(cfg: SweepConfig) -> list[dict]:
+    """The product of the space's values (a range by its step), the last key varying fastest, as parameter dicts;
+    a range without a step (optuna only) is not a grid axis and is left out."""
+    axes = {key: spec.values if spec.values is not None else _grid_values(spec)
+            for key, spec in cfg.search.space.items() if spec.values is not None or spec.step is not None}
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
 def _grid_values(spec) -> list:

@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.air.integrations.wandb import WandbLoggerCallback  # imports without wandb; its setup needs it
 
 from ..config import SweepConfig
 from ..errors import ConfigError
@@ -117,13 +118,7 @@ class StepLossMLflow(MLflowLoggerCallback):
         super().log_trial_result(iteration, trial, {k: v for k, v in result.items() if k != STEP_LOSSES})
 
 
-def _wandb_base():
-    from ray.air.integrations.wandb import WandbLoggerCallback
-
-    return WandbLoggerCallback
-
-
-class StepLossWandb(_wandb_base()):
+class StepLossWandb(WandbLoggerCallback):
     """Ray's W&B logger (one run per trial), with each round's per-step losses logged before the round's metrics."""
 
     def log_trial_result(self, iteration: int, trial, result: dict):
