@@ -403,6 +403,10 @@ class TransferConfig:
     targets: list[str] = field(default_factory=list)  # target tasks
     seeds: list[int] = field(default_factory=lambda: [0])  # training seeds of every transfer run
     random: bool = True  # a random mask at each level on each target (by the method's own rule)
+    # One-shot magnitude pruning of the target's rewind weights (the pre-trained ones) at each level: the mask an
+    # MLM ticket collapses to when its rounds are too short for training to move it (issue 17, item 5). A
+    # transferred ticket that does no better than this null found nothing that pruning without training would not.
+    oneshot: bool = False
     own: bool = True  # the target's own ticket at each level: read from `source`, or trained when missing
 
     def validate(self, path: str) -> None:

@@ -102,6 +102,9 @@ def prepare(cfg: TicketConfig, device: torch.device | str = "cpu") -> Prepared:
                     collate=collator, model=model, initial=RewindPoint(state_copy(model), 0), warmup=warmup)
 
 
+RANDOM, ONESHOT = "random", "oneshot"  # a transfer's null masks, named in its rows' source_task
+
+
 def oneshot_diff(mask: Mask, rewind_state: dict[str, torch.Tensor], target: float, scope: str) -> float:
     """The share of `mask`'s pruned weights that one-shot magnitude pruning of the rewind weights (`bert.*` in
     `rewind_state`) to the same target and scope keeps: 0 when IMP found nothing one-shot pruning would not
@@ -490,18 +493,15 @@ class Trajectory:
     def transfer(self, mask: Mask | None, source_task: str, source_mask_id: str | None, level: float | None = None,
                  on_round: RoundCallback | None = None) -> list[RoundRow]:
         """Fine-tune a ticket found on `source_task` on this trajectory's task, from its rewind point; with no
-        mask, a random one at `level` (the random floor of a transfer). Prunable tensors the source mask lacks
-        (an MLM ticket has no pooler) stay dense."""
+        mask, the null `source_task` names at `level`: RANDOM (the random floor of a transfer) or ONESHOT
+        (magnitude pruning of the rewind weights, no training). Prunable tensors the source mask lacks (an MLM
+        ticket has no pooler) stay dense."""
         prep = self._prepare()
         params = prunable_of(self.cfg, prep.model)
         full, rewind = self._full_model(prep)
         self._emit(on_round, full)
         if mask is None:
-            if self.method.whole_units:
-                raise ConfigError("search.transfer.random: random transfer masks are unstructured; set random: false "
-                                  f"for {self.cfg.prune.method!r} tickets")
-            ctx = self._pruning_on(prep, params, rewind.state, salt=700_001)
-            mask = random_prune(Mask.ones_like(params), level, "global", ctx.generator)
+            mask = self._null_mask(prep, params, rewind, source_task, level)
             source_mask_id, sparsity = mask.mask_id, mask.sparsity()
         else:
             # The row's level is the source ticket's own sparsity: Chen et al. compare TRANSFER(S, T) with T's
@@ -513,6 +513,21 @@ class Trajectory:
                       source_task=source_task, source_mask_id=source_mask_id)
         self._emit(on_round, RoundState(1, [row], mask, masks={mask.mask_id: mask}, losses={"transfer": res.losses}))
         return [*full.rows, row]
+
+    def _null_mask(self, prep: Prepared, params, rewind: RewindPoint, null: str, level: float) -> Mask:
+        """A transfer's null mask at `level` over every prunable tensor of the target."""
+        if null not in (RANDOM, ONESHOT):
+            raise ConfigError(f"search.transfer: a job without a mask names {null!r}; allowed: {RANDOM}, {ONESHOT}")
+        if self.method.whole_units:
+            raise ConfigError(f"search.transfer.{null}: {null} transfer masks are unstructured; set {null}: false "
+                              f"for {self.cfg.prune.method!r} tickets")
+        if null == ONESHOT:  # the scope of the tickets it is compared with
+            from .pruning.magnitude import magnitude_prune
+
+            prep.model.load_state_dict(rewind.state)  # `params` now hold the rewind weights
+            return magnitude_prune(params, Mask.ones_like(params), level, getattr(self.method.hp, "scope", "global"))
+        ctx = self._pruning_on(prep, params, rewind.state, salt=700_001)
+        return random_prune(Mask.ones_like(params), level, "global", ctx.generator)
 
     # -- rows ----------------------------------------------------------------------------------------
     def _read_rows(self, d: Path) -> list[RoundRow]:

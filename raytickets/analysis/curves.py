@@ -310,6 +310,8 @@ def phase_transition(sparsities: np.ndarray, means: np.ndarray, full_mean: float
 
 
 TRANSFER_TOLERANCE = 0.01  # sparsities closer than this are one level (transfer.TOLERANCE)
+# The source_task of a transfer's null masks (tickets.RANDOM, tickets.ONESHOT): a floor, not a source ticket.
+NULL_SOURCES = ("random", "oneshot")
 
 
 def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> pd.DataFrame:
@@ -322,7 +324,9 @@ def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> p
     the std is 0), strictly when mean(S, T) >= mean(T, T) (`transfers_strict`). A source ticket is
     *universal* at its level when it transfers to every target it was trained on (`universal`,
     `universal_strict`). A random mask at the same sparsity on T (source `random`) is the floor
-    (`random_mean`); its own rows say how it compares. No verdict (`learned` False) where T's full model, or
+    (`random_mean`); one-shot magnitude pruning of T's rewind weights (source `oneshot`, `oneshot_mean`,
+    `vs_oneshot`) is the null a ticket found without training-moved weights would equal (issue 17: an MLM
+    ticket from rounds too short to move its mask). Their own rows say how they compare. No verdict (`learned` False) where T's full model, or
     S's of the same setting, did not beat chance (`full_model`): a ticket of a model that learned nothing.
     """
     moved = values[values["kind"] == "transfer"]
@@ -330,13 +334,12 @@ def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> p
     own = curve[curve["kind"] == "ticket"]
     full_mean = full.set_index(CURVE_KEY)["full_mean"]
     learned_by = full.set_index(CURVE_KEY)["learned"]
-    random = agg[agg["source_task"] == "random"]
+    nulls = {null: agg[agg["source_task"] == null] for null in NULL_SOURCES}
     rows = []
     for r in agg.to_dict("records"):
         key = tuple(r[k] for k in CURVE_KEY)
         match = _own_level(own, r)
-        rnd = random[(random[list(CURVE_KEY)] == list(key)).all(axis=1)
-                     & ((random["sparsity"] - r["sparsity"]).abs() <= TRANSFER_TOLERANCE)]
+        null_means = {f"{null}_mean": _level_mean(rows_, key, r["sparsity"]) for null, rows_ in nulls.items()}
         own_mean = match["mean"] if match is not None else math.nan
         own_std = (0.0 if match["seeds"] == 1 else match["std"]) if match is not None else math.nan
         fm = float(full_mean.get(key, math.nan))
@@ -346,8 +349,8 @@ def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> p
             **r, "own_setting_id": match["setting_id"] if match is not None else None,
             "ticket_sparsity": match["sparsity"] if match is not None else math.nan, "ticket_mean": own_mean,
             "ticket_std": own_std, "ticket_seeds": int(match["seeds"]) if match is not None else 0,
-            "random_mean": float(rnd["mean"].iloc[0]) if len(rnd) else math.nan, "full_mean": fm,
-            "vs_ticket": r["mean"] - own_mean, "vs_full": r["mean"] - fm,
+            **null_means, "full_mean": fm, "vs_ticket": r["mean"] - own_mean, "vs_full": r["mean"] - fm,
+            "vs_oneshot": r["mean"] - null_means["oneshot_mean"],
             "transfers": bool(r["mean"] >= own_mean - own_std) if match is not None and judged else None,
             "transfers_strict": bool(r["mean"] >= own_mean) if match is not None and judged else None,
             "learned": judged,
@@ -355,13 +358,19 @@ def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> p
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    others = (out["source_task"] != out["task"]) & (out["source_task"] != "random")
+    others = (out["source_task"] != out["task"]) & ~out["source_task"].isin(NULL_SOURCES)
     groups = ["model", "method", "source_task", "setting_id", "sparsity"]
     for column, rule in (("universal", "transfers"), ("universal_strict", "transfers_strict")):
         every = out[others].groupby(groups)[rule].agg(lambda v: bool(v.notna().all() and v.astype(bool).all()))
         out[column] = [bool(every.get(tuple(r[g] for g in groups), False)) if o else None
                        for r, o in zip(out.to_dict("records"), others)]
     return out
+
+
+def _level_mean(agg: pd.DataFrame, key: tuple, sparsity: float) -> float:
+    """The mean of `agg`'s row of curve `key` at `sparsity` (within the tolerance), NaN where there is none."""
+    near = agg[(agg[list(CURVE_KEY)] == list(key)).all(axis=1) & ((agg["sparsity"] - sparsity).abs() <= TRANSFER_TOLERANCE)]
+    return float(near["mean"].iloc[0]) if len(near) else math.nan
 
 
 def _own_level(own: pd.DataFrame, r: dict):

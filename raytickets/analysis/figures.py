@@ -169,7 +169,7 @@ def transfer_figure(transfer: pd.DataFrame) -> Figure:
             + np.where(transfer["universal"].fillna(False).astype(bool), " ★", "")
             + (" · " + transfer["setting_id"].str[:8] if several else ""))
     cells = transfer.assign(source=name)
-    sources = sorted(cells["source"].unique(), key=lambda n: (n.startswith("random"), n))
+    sources = sorted(cells["source"].unique(), key=lambda n: (n.startswith(("random", "oneshot")), n))
     matrix = pd.DataFrame(np.nan, index=sources, columns=sorted(cells["task"].unique()))
     labels = {}
     for r in cells.itertuples(index=False):

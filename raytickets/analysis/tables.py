@@ -113,7 +113,8 @@ ANALYSIS_SCHEMAS: dict[str, pa.Schema] = {
         ("model", _S), ("method", _S), ("setting_id", _S), ("source_task", _S), ("task", _S), ("metric_name", _S),
         ("sparsity", _F), ("mean", _F), ("std", _F), ("seeds", _I), ("own_setting_id", _S),
         ("ticket_sparsity", _F), ("ticket_mean", _F), ("ticket_std", _F), ("ticket_seeds", _I), ("random_mean", _F),
-        ("full_mean", _F), ("vs_ticket", _F), ("vs_full", _F), ("transfers", _B), ("transfers_strict", _B),
+        ("oneshot_mean", _F), ("full_mean", _F), ("vs_ticket", _F), ("vs_full", _F), ("vs_oneshot", _F),
+        ("transfers", _B), ("transfers_strict", _B),
         ("universal", _B), ("universal_strict", _B), ("learned", _B),
     ),
     "layer_sparsity": _schema(
@@ -265,7 +266,7 @@ def summary_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
     """The summary rows as a Markdown table (what `raytickets analyze` prints and summary.md holds)."""
     lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
     lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in summary_rows(tables)]
-    return "\n".join(lines) + "\n" + oneshot_markdown(tables) + mtl_markdown(tables)
+    return "\n".join(lines) + "\n" + oneshot_markdown(tables) + transfer_markdown(tables) + mtl_markdown(tables)
 
 
 def md_cell(value) -> str:
@@ -290,6 +291,37 @@ def oneshot_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
                            for r in group.sort_values("sparsity").itertuples())
         lines.append(f"- {md_cell(key[2])} ({md_cell(key[1])}, setting {md_cell(str(key[3])[:8])}): {levels}")
     return "\n".join(lines) + "\n"
+
+
+def transfer_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
+    """The transfer table: each source ticket (and null mask) on each target against the target's own ticket,
+    the random mask and one-shot pruning at that level, with Chen et al.'s verdict; "" when nothing transferred."""
+    moved = tables.get("transfer")
+    if moved is None or moved.empty:
+        return ""
+    header = ("source @ sparsity", "target", "metric", "TRANSFER(S, T)", "own ticket TRANSFER(T, T)", "random",
+              "one-shot", "verdict (Chen et al.: ≥ own − 1 std)")
+    lines = ["\n## Ticket transfer\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in moved.sort_values(["source_task", "sparsity", "task"]).itertuples():
+        own = f"{_num(r.ticket_mean)} ± {_num(r.ticket_std)} (n={r.ticket_seeds})" if r.ticket_seeds else "—"
+        cells = [f"{r.source_task} @ {_pct(r.sparsity)}", r.task, r.metric_name,
+                 f"{_num(r.mean)} ± {_num(r.std)} (n={r.seeds})", own, _num(r.random_mean), _num(r.oneshot_mean),
+                 _transfer_verdict(r)]
+        lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _transfer_verdict(r) -> str:
+    if r.source_task in ("random", "oneshot"):
+        return "null mask"
+    if not r.learned:
+        return "no verdict (a full model did not learn)"
+    if pd.isna(r.transfers):
+        return "no own ticket at this level"
+    verdict = "transfers (also strictly)" if r.transfers_strict else "transfers" if r.transfers else "does not transfer"
+    if not math.isnan(r.oneshot_mean) and r.mean <= r.oneshot_mean:
+        verdict += "; no better than one-shot pruning"
+    return verdict + ("; universal" if r.universal else "")
 
 
 def mtl_markdown(tables: Mapping[str, pd.DataFrame]) -> str:

@@ -94,7 +94,7 @@ class TicketSweep(SweepMode):
         t = cfg.search.transfer
         return (f"then sweep {cfg.name}: transfer of {', '.join(t.sources) or 'every task'}'s tickets at "
                 f"{', '.join(map(str, t.levels))} to {', '.join(t.targets)}, seeds {t.seeds}, random mask "
-                f"{'on' if t.random else 'off'}, own tickets {'on' if t.own else 'off'}; results: {results_dir(cfg)}")
+                f"{'on' if t.random else 'off'}, one-shot pruning {'on' if t.oneshot else 'off'}, own tickets {'on' if t.own else 'off'}; results: {results_dir(cfg)}")
 
     def prepare(self, cfg: SweepConfig, jobs) -> None:
         """Tokenise each task once per sweep into the shared cache every trial reads (never per trial)."""
@@ -250,9 +250,14 @@ def kept_weights(cfg: SweepConfig) -> tuple[int, float]:
 
 
 def tasks_of(cfg: SweepConfig) -> list[str]:
+    """Every task the sweep trains: the space's task values (a zipped "task,train.seed" key included), else the
+    ticket's, plus the transfer targets."""
     tasks = {cfg.ticket.task}
-    if "task" in cfg.search.space and cfg.search.space["task"].values:
-        tasks = set(cfg.search.space["task"].values)
+    for key, spec in cfg.search.space.items():
+        names = [k.strip() for k in key.split(",")]
+        if "task" in names and spec.values:
+            at = names.index("task")
+            tasks = {v[at] if len(names) > 1 else v for v in spec.values}
     if cfg.search.transfer:
         tasks |= set(cfg.search.transfer.targets)
     return sorted(tasks)

@@ -3,7 +3,8 @@
 A transfer sweep's trials are planned here from a results root, before any cluster starts. For every
 chosen source ticket (by task and sparsity level, or by mask id), every target task other than its source
 and every seed, one trial fine-tunes that mask on the target from the rewind point: TRANSFER(S, T). Each
-target and level also gets a random mask at that sparsity (by the method's own rule: the floor), and
+target and level also gets a random mask at that sparsity (by the method's own rule: the floor), with
+`oneshot` one-shot magnitude pruning of the target's rewind weights there (pruning without training), and
 TRANSFER(T, T) — the target's own ticket at that sparsity — is read from the results root, or, where the
 root has none, trained by a trajectory trial on the target that stops exactly there.
 """
@@ -18,16 +19,15 @@ import pandas as pd
 from ..config import SweepConfig, TransferConfig
 from ..errors import ConfigError, ResultsError
 from ..store import ResultsStore
-
-RANDOM = "random"  # the source_task of a random mask's transfer rows
+from ..tickets import ONESHOT, RANDOM  # the source_task of the null masks' transfer rows
 TOLERANCE = 0.01  # sparsities closer than this are one level (a schedule's 0.488 for a requested 0.5 is not)
 DEFAULT_LEVELS = ["matching", 0.5, 0.7, 0.9]
 
 
 @dataclass(frozen=True)
 class TransferJob:
-    """One transfer trial: `mask_id` (found on `source_task`; None = a random mask at `level`) fine-tuned on
-    `task` with training seed `seed`."""
+    """One transfer trial: `mask_id` (found on `source_task`) fine-tuned on `task` with training seed `seed`;
+    with no mask id, the null mask `source_task` names (random, oneshot) at `level`."""
 
     task: str
     seed: int
@@ -66,8 +66,9 @@ def plan(cfg: SweepConfig) -> list[dict]:
     levels = sorted({round(float(s), 4) for s in sources["sparsity"]})
     for target in t.targets:
         for level in levels:
-            if t.random:
-                jobs += [{"transfer": asdict(TransferJob(target, seed, level, RANDOM))} for seed in t.seeds]
+            for null in (RANDOM, ONESHOT):
+                if getattr(t, null):
+                    jobs += [{"transfer": asdict(TransferJob(target, seed, level, null))} for seed in t.seeds]
             if t.own:
                 jobs += [{"own": asdict(OwnJob(target, seed, level))} for seed in t.seeds
                          if not _has_own(tickets, target, seed, level)]

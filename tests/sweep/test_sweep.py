@@ -21,7 +21,10 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
+from raytickets.masks import Mask
+from raytickets.pruning.magnitude import magnitude_prune
 from raytickets.sweep.cluster import free_port
 from raytickets.store import ResultsStore
 
@@ -273,8 +276,9 @@ def test_unreachable_address_is_one_line(tmp_path, tiny_model_dir, glue_dir):
 def test_transfer_sweep_writes_one_row_per_source_target_and_seed(tmp_path, tiny_model_dir, glue_dir, cluster):
     """Transfer as Chen et al. ran it, end to end on the tiny BERT: a results root from `raytickets imp` (SST-2
     tickets at 30% and 51%), then a transfer sweep of the 51% ticket to RTE over two seeds: one transfer row per
-    (source ticket, target, seed), a random mask per (target, level, seed), and the target's own ticket trained
-    where the root lacks it — each exactly once — and the transfer table's rule on them."""
+    (source ticket, target, seed), a random mask and one-shot magnitude pruning of the pre-trained weights per
+    (target, level, seed), and the target's own ticket trained where the root lacks it — each exactly once — and
+    the transfer table's rule on them."""
     source = tmp_path / "source"
     made = cli("imp", "--task", "sst2", "--model", tiny_model_dir, "--glue-dir", glue_dir, "--max-train-examples", 32,
                "--max-dev-examples", 32, "--max-seq-length", 32, "--max-steps", 2, "--batch-size", 16, "--lr", 1e-3,
@@ -282,12 +286,12 @@ def test_transfer_sweep_writes_one_row_per_source_target_and_seed(tmp_path, tiny
     assert made.returncode == 0, made.stderr[-2000:]
     config = sweep_config(tmp_path, tiny_model_dir, glue_dir, results_dir=str(source),
                           search={"mode": "grid", "num_samples": 1, "scheduler": "none",
-                                  "trajectories_per_trial": 3,  # six jobs in two trials: two Train start-ups
+                                  "trajectories_per_trial": 4,  # eight jobs in two trials: two Train start-ups
                                   "transfer": {"source": str(source), "targets": ["rte"], "levels": [0.51],
-                                               "seeds": [0, 1]}})
+                                               "seeds": [0, 1], "oneshot": True}})
     proc = cluster.run_sweep(config)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "packed: 6 grid points as 2 trial(s)" in proc.stdout
+    assert "packed: 8 grid points as 2 trial(s)" in proc.stdout
     raw = raw_rounds(source)
     moved = raw[raw["kind"] == "transfer"]
     (mask,) = raw.query("kind == 'ticket' and task == 'sst2' and round == 2")["mask_id"]
@@ -295,6 +299,14 @@ def test_transfer_sweep_writes_one_row_per_source_target_and_seed(tmp_path, tiny
     assert len(ticketed) == 2 and set(ticketed["source_mask_id"]) == {mask} and sorted(ticketed["seed"]) == [0, 1]
     random = moved[moved["source_task"] == "random"]
     assert len(random) == 2 and set(random["sparsity"].round(2)) == {0.51} and sorted(random["seed"]) == [0, 1]
+    # one-shot: the smallest 51% of the pre-trained weights (the rewind point), the same mask for every seed
+    oneshot = moved[moved["source_task"] == "oneshot"]
+    assert len(oneshot) == 2 and oneshot["source_mask_id"].nunique() == 1 and random["source_mask_id"].nunique() == 2
+    stored = ResultsStore(source).load_mask(oneshot["source_mask_id"].iloc[0])
+    pretrained = load_file(Path(tiny_model_dir) / "model.safetensors")
+    weights = {n: pretrained[n] if n in pretrained else pretrained[f"bert.{n}"] for n in stored.names}
+    expected = magnitude_prune(weights, Mask.ones_like(weights), float(oneshot["sparsity"].iloc[0]), "global")
+    assert all(torch.equal(stored.tensors[n], expected.tensors[n]) for n in stored.names)
     own = raw.query("kind == 'ticket' and task == 'rte'")  # trained here: the root had no RTE ticket
     assert sorted(own.loc[own["sparsity"].round(2) == 0.51, "seed"]) == [0, 1]
     assert not moved.duplicated(["trial", "round", "kind", "task", "source_task"]).any()
@@ -304,6 +316,7 @@ def test_transfer_sweep_writes_one_row_per_source_target_and_seed(tmp_path, tiny
     table = analyze(source)["transfer"]
     sst2 = table[table["source_task"] == "sst2"]
     assert len(sst2) == 1 and sst2["ticket_seeds"].eq(2).all() and sst2["random_mean"].notna().all()
+    assert sst2["oneshot_mean"].notna().all()
     # the tiny model learns nothing, so the rule gives no verdict (it is tested on numbers in test_transfer.py)
     learned = sst2["learned"].astype(bool)
     assert sst2.loc[~learned, "transfers"].isna().all()

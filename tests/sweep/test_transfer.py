@@ -3,6 +3,7 @@ and the transfer rule (TRANSFER(S, T) within one std of TRANSFER(T, T); universa
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -53,6 +54,18 @@ def test_a_plan_has_each_source_ticket_on_each_other_target_per_seed_plus_random
     assert randoms == [("rte", 0), ("rte", 1), ("sst2", 0), ("sst2", 1)]
     own = sorted((j["own"]["task"], j["own"]["seed"], j["own"]["level"]) for j in jobs if "own" in j)
     assert own == [("rte", 0, 0.7), ("rte", 1, 0.7)]  # sst2's own 70% ticket is in the root already
+    assert not any(j["transfer"]["source_task"] == "oneshot" for j in jobs if "transfer" in j)  # off by default
+
+
+def test_oneshot_plans_one_shot_magnitude_pruning_per_target_level_and_seed(tmp_path):
+    ticket_root(tmp_path)
+    jobs = plan(sweep(tmp_path, "search.transfer.targets=[sst2, rte]", "search.transfer.levels=[0.5, 0.7]",
+                      "search.transfer.seeds=[0, 1]", "search.transfer.oneshot=true", "search.transfer.random=false"))
+    oneshot = sorted((j["transfer"]["task"], j["transfer"]["level"], j["transfer"]["seed"]) for j in jobs
+                     if "transfer" in j and j["transfer"]["source_task"] == "oneshot")
+    assert oneshot == [(t, level, seed) for t in ("rte", "sst2") for level in (0.5, 0.7) for seed in (0, 1)]
+    assert all(j["transfer"]["mask_id"] is None for j in jobs if j.get("transfer", {}).get("source_task") == "oneshot")
+    assert not any(j["transfer"]["source_task"] == "random" for j in jobs if "transfer" in j)
 
 
 def test_default_levels_take_the_matching_ticket_and_skip_levels_a_source_lacks(tmp_path, capsys):
@@ -115,6 +128,7 @@ def test_the_transfer_rule_within_one_std_strictly_and_universal_sources(tmp_pat
         ("mlm", "rte"): [0.61, 0.61, 0.61],   # >= 0.60: transfers strictly
         ("sst2", "rte"): [0.50, 0.52, 0.54],  # 0.52 < 0.58: does not transfer
         ("random", "rte"): [0.40, 0.41, 0.42],
+        ("oneshot", "rte"): [0.61, 0.62, 0.63],  # one-shot pruning beats mlm's 0.61 on rte
     }
     transfer_rows(store, own, moved)
     table = analysis.analyze(tmp_path)["transfer"].set_index(["source_task", "task"])
@@ -128,3 +142,22 @@ def test_the_transfer_rule_within_one_std_strictly_and_universal_sources(tmp_pat
     assert not table.loc[("mlm", "rte"), "universal_strict"]
     assert not table.loc[("sst2", "rte"), "universal"]
     assert table.loc[("sst2", "rte"), "random_mean"] == pytest.approx(0.41)
+    # one-shot pruning is a null, not a source: it is neither judged nor counted against mlm's universality
+    assert table.loc[("mlm", "rte"), "oneshot_mean"] == pytest.approx(0.62)
+    assert table.loc[("mlm", "rte"), "vs_oneshot"] == pytest.approx(-0.01)
+    assert pd.isna(table.loc[("oneshot", "rte"), "universal"])
+    summary = analysis.summary_markdown(analysis.analyze(tmp_path))
+    assert "## Ticket transfer" in summary
+    line = next(x for x in summary.splitlines() if x.startswith("| mlm @ 70.0% | rte |"))
+    assert "transfers (also strictly); no better than one-shot pruning; universal" in line
+    assert "| 0.4100 | 0.6200 |" in line
+
+
+def test_a_zipped_task_dimension_names_the_sweeps_tasks(tmp_path):
+    """`task,train.seed` pairs (one MLM seed beside three GLUE seeds) are the sweep's tasks: its stages find the
+    transfer sources there, and each task is tokenised."""
+    from raytickets.sweep.tickets import tasks_of
+
+    cfg = sweep(tmp_path, 'search.space={"task,train.seed": {values: [[mlm, 0], [sst2, 0], [sst2, 1]]}}',
+                "search.transfer.targets=[rte]")
+    assert tasks_of(cfg) == ["mlm", "rte", "sst2"]
