@@ -343,7 +343,7 @@ class Trajectory:
             if d.teacher is None:
                 prep.model.load_state_dict(self._full_weights)
             self._teacher_logits = teacher_logits(prep.model, prep.train, prep.collate, self.cfg.train.eval_batch_size,
-                                                  self.cfg.train.precision, d.teacher)
+                                                  self.cfg.train.precision, d.teacher, span=prep.task.is_span)
         return self._teacher_logits
 
     def _with_head(self, rewind: RewindPoint, head: dict[str, torch.Tensor] | None) -> RewindPoint:

@@ -176,7 +176,7 @@ def finetune(
             with net.no_sync() if micro < acc and size > 1 else contextlib.nullcontext():
                 with autocast(precision, device):
                     out = net(**batch)
-                loss = out.loss if teacher is None else _distilled(out, teacher[indices], cfg, task)
+                loss = out.loss if teacher is None else _distilled(out, teacher[indices], cfg, task, batch)
                 scaled = loss.float() * loss_weight(len(indices), global_size) / acc
                 (scaler.scale(scaled) if scaler else scaled).backward()
             pending.append(float(loss.detach()))
@@ -218,10 +218,13 @@ def finetune(
                           chance)
 
 
-def _distilled(out, teacher: torch.Tensor, cfg: TrainConfig, task: TaskSpec) -> torch.Tensor:
-    from .distill import kd_loss
+def _distilled(out, teacher: torch.Tensor, cfg: TrainConfig, task: TaskSpec, batch: dict) -> torch.Tensor:
+    from .distill import kd_loss, span_kd_loss
 
     d = cfg.distill
+    if task.is_span:
+        return span_kd_loss(out.start_logits, out.end_logits, teacher, batch["attention_mask"], out.loss, d.alpha,
+                            d.temperature)
     return kd_loss(out.logits, teacher, out.loss, d.alpha, d.temperature, task.is_regression)
 
 
