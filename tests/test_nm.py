@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from raytickets import cli
 from raytickets.config import PruneConfig, TicketConfig, load
@@ -56,10 +57,12 @@ def test_an_unstructured_mask_breaks_the_pattern_and_violations_say_where():
         pattern_prune(Mask({"w": keep}), 0.5, "global", {"w": torch.rand(1, 8)}, 2, 4)
 
 
-def test_nm_trajectory_stores_only_masks_of_the_pattern(tiny_model_dir, glue_dir, cache_dir, tmp_path):
+def test_nm_trajectory_stores_only_masks_of_the_pattern_and_its_export_keeps_it(tiny_model_dir, glue_dir, cache_dir,
+                                                                                 tmp_path_factory):
+    tmp_path, out = tmp_path_factory.mktemp("nm"), tmp_path_factory.mktemp("nm-export") / "hf"
     # rate 0.3 of the remaining: round 1 at 0.3, round 2 stops at 2:4's 0.5; the random baseline follows the floor
     args = imp_args(tiny_model_dir, glue_dir, cache_dir, tmp_path, "--rate", "0.3", "--baselines", "random",
-                    "prune.pattern='2:4'")
+                    "--keep-weights", "all", "prune.pattern='2:4'")
     assert cli.main(args) == 0
     store = ResultsStore(tmp_path)
     rounds = store.rounds()
@@ -74,6 +77,14 @@ def test_nm_trajectory_stores_only_masks_of_the_pattern(tiny_model_dir, glue_dir
             if row["round"] == last:
                 assert violations(mask, 2, 4) == {} and bool((groups(mask, 4) == 2).all())
                 assert row.sparsity == 0.5 and row.target_sparsity == 0.5
+    # the export keeps the pattern: every prunable tensor of the exported model has at most 2 non-zeros per 4
+    task = rounds["task"].iloc[0]
+    assert cli.main(["export", str(tmp_path), "--task", task, "--sparsity", "0.5", "--out", str(out)]) == 0
+    exported = load_file(out / "model.safetensors")
+    ticket = store.load_mask(rounds[(rounds.kind == "ticket") & (rounds["round"] == last)]["mask_id"].iloc[0])
+    for name in ticket.names:
+        weight = exported[name] if name in exported else exported[f"bert.{name}"]
+        assert int((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1).max()) <= 2, name
 
 
 @pytest.mark.parametrize("override,message", [
