@@ -374,7 +374,7 @@ def test_the_mlm_transfer_config_is_one_command_of_two_stages_and_resumes_withou
     """configs/mlm-transfer.yaml (`search.transfer.source: self`) as shipped but for the model and the amount of
     work: stage 1 finds IMP tickets on mlm and SST-2, stage 2 transfers the MLM ticket to SST-2 next to SST-2's own
     ticket (read from stage 1, not retrained), into one results root; `--resume` afterwards restores both stages
-    and writes no row twice. (The random mask's transfer trial is the test above's: one trial fewer here.)"""
+    and writes no row twice. (The null masks' transfer trials are the test above's: two trials fewer here.)"""
     cfg = yaml.safe_load((REPO / "configs" / "mlm-transfer.yaml").read_text())
     cfg["storage_path"] = str(tmp_path / "storage")
     cfg["ticket"]["model"] = str(tiny_model_dir)
@@ -388,7 +388,8 @@ def test_the_mlm_transfer_config_is_one_command_of_two_stages_and_resumes_withou
     cfg["ticket"]["train"] = {"max_steps": 2, "batch_size": 16, "learning_rate": 1e-3}
     cfg["search"]["space"] = {"task": {"values": ["mlm", "sst2"]}, "train.seed": {"values": [0]}}
     cfg["search"]["trajectories_per_trial"] = 2  # one Train start-up for both stage-1 trajectories
-    cfg["search"]["transfer"].update(sources=["mlm"], targets=["sst2"], seeds=[0], random=False)  # random: above
+    # the null masks are the test above's: one trial here
+    cfg["search"]["transfer"].update(sources=["mlm"], targets=["sst2"], seeds=[0], random=False, oneshot=False)
     config = tmp_path / "mlm-transfer.yaml"
     config.write_text(yaml.safe_dump(cfg))
     proc = cluster.run_sweep(config, timeout=900)
