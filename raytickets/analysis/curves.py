@@ -94,18 +94,30 @@ def level_trials(rounds: pd.DataFrame) -> pd.DataFrame:
 
 def setting_labels(rounds: pd.DataFrame) -> pd.DataFrame:
     """Per curve a short `setting_label`: the first 8 characters of its setting_id and, where a task has
-    several curves, the settings (from the `settings` JSON) whose values differ between them."""
+    several curves of its method, the settings (from the `settings` JSON) whose values differ between them;
+    and `compare_label`: the method and the settings that set the curve apart from the task's curves of every
+    method (the columns of `tables.side_by_side`)."""
+    labels = _labels(rounds, [0, 1, 2], "setting_label")
+    across = _labels(rounds, [0, 2], "compare_label")
+    across["compare_label"] = [f"{m} {label.partition(' ')[2] or label}" for m, label in
+                               zip(across["method"], across["compare_label"])]
+    return labels.merge(across, on=CURVE_KEY, how="left")
+
+
+def _labels(rounds: pd.DataFrame, levels: list[int], column: str) -> pd.DataFrame:
+    """The setting id's first 8 characters and the settings that differ within each group of curves (the
+    CURVE_KEY `levels` that make a group)."""
     first = rounds.groupby(CURVE_KEY, sort=True)["settings"].first()  # first non-null JSON per curve
     rows = []
-    for task_key, group in first.groupby(level=[0, 1, 2], sort=True):
-        flat = {key[3]: _flatten(json.loads(text)) if isinstance(text, str) else {} for key, text in group.items()}
+    for _, group in first.groupby(level=levels, sort=True):
+        flat = {key: _flatten(json.loads(text)) if isinstance(text, str) else {} for key, text in group.items()}
         names = sorted({name for f in flat.values() for name in f})
         differ = [n for n in names if len({json.dumps(f.get(n), sort_keys=True) for f in flat.values()}) > 1]
-        for setting_id, f in flat.items():
+        for key, f in flat.items():
             parts = ", ".join(f"{n}={f.get(n, 'unset')}" for n in differ)
-            label = " ".join(p for p in (setting_id[:8], parts) if p)
-            rows.append({**dict(zip(CURVE_KEY, (*task_key, setting_id))), "setting_label": label})
-    return pd.DataFrame(rows, columns=[*CURVE_KEY, "setting_label"])
+            label = " ".join(p for p in (key[3][:8], parts) if p)
+            rows.append({**dict(zip(CURVE_KEY, key)), column: label})
+    return pd.DataFrame(rows, columns=[*CURVE_KEY, column])
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

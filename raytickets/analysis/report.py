@@ -28,7 +28,7 @@ from .multitask import format_table, mtl_figure
 from .provenance import cost, data_sizes, dates, hours
 from .tables import (
     BASELINE_KINDS, CURVE_KEY, SUMMARY_HEADER, analyze, collapse_text, did_not_learn, load_analysis,
-    of_curve, out_location, summary_markdown, summary_rows,
+    of_curve, out_location, side_by_side, summary_markdown, summary_rows,
 )
 from ..store import ResultsStore, check_writable, write_bytes_atomic
 
@@ -92,6 +92,11 @@ def render_page(tables: dict[str, pd.DataFrame], rounds: pd.DataFrame, records: 
     parts = [header_html(tables, rounds, records, root), RULES]
     if groups:
         parts.append(summary_html(tables, len(groups) > 1))
+        parts += [f"<h3>{html.escape(task)} ({html.escape(Path(model).name or model)}): curves side by side</h3>"
+                  "<p>Ticket mean ± std over seeds (n) per level, one column per curve: IMP and gradual pruning, "
+                  "each method, with and without distillation.</p>"
+                  f"<div class=\"scroll\">{html_table(header, rows, numeric=range(1, len(header)))}</div>"
+                  for (model, task), (header, rows) in side_by_side(tables).items()]
     paths, level_round = trial_paths(rounds), level_rounds(rounds)
     for model, method in groups:
         sel = {k: t[(t["model"] == model) & (t["method"] == method)] for k, t in tables.items() if k not in MTL_TABLES}

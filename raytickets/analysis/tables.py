@@ -89,7 +89,7 @@ ANALYSIS_SCHEMAS: dict[str, pa.Schema] = {
     "curves": _schema(
         *_CURVE, ("kind", _S), ("metric_name", _S), ("metric_convention", _S),
         ("sparsity", _F), ("mean", _F), ("std", _F), ("seeds", _I),
-        ("failed_seeds", _I), ("trajectories", _I), ("oneshot_diff", _F),
+        ("failed_seeds", _I), ("trajectories", _I), ("oneshot_diff", _F), ("compare_label", _S),
     ),
     "super_tickets": _schema(
         *_CURVE, ("metric_name", _S), ("metric_convention", _S),
@@ -266,7 +266,46 @@ def summary_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
     """The summary rows as a Markdown table (what `raytickets analyze` prints and summary.md holds)."""
     lines = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|" + "---|" * len(SUMMARY_HEADER)]
     lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in summary_rows(tables)]
-    return "\n".join(lines) + "\n" + oneshot_markdown(tables) + transfer_markdown(tables) + mtl_markdown(tables)
+    return ("\n".join(lines) + "\n" + side_by_side_markdown(tables) + oneshot_markdown(tables)
+            + transfer_markdown(tables) + mtl_markdown(tables))
+
+
+def side_by_side(tables: Mapping[str, pd.DataFrame]) -> dict[tuple[str, str], tuple[list[str], list[list[str]]]]:
+    """Per (model, task) with more than one curve (methods, IMP vs gradual, with and without distillation): a
+    header and rows — the full model first, then one row per sparsity level — with a column per curve (its
+    method and the settings that set it apart), each cell the ticket's mean ± std over seeds (n seeds)."""
+    supers = tables["super_tickets"]
+    curves = tables["curves"]
+    tickets = curves[curves["kind"] == "ticket"]
+    out = {}
+    for (model, task), group in supers.groupby(["model", "task"], sort=True):
+        keys = group.drop_duplicates(CURVE_KEY).sort_values(CURVE_KEY)
+        if len(keys) < 2:
+            continue
+        mine = tickets[(tickets["model"] == model) & (tickets["task"] == task)]
+        names = mine.drop_duplicates(CURVE_KEY).set_index(CURVE_KEY)["compare_label"]
+        labels = [names.get(tuple(getattr(r, k) for k in CURVE_KEY), r.setting_label) for r in keys.itertuples()]
+        rows = [["full model"] + [f"{_num(r.full_mean)} ± {_num(r.full_std)} (n={r.full_seeds})"
+                                  for r in keys.itertuples()]]
+        for level in sorted(set(mine["sparsity"].round(3))):
+            cells = []
+            for r in keys.itertuples():
+                at = mine[(mine["method"] == r.method) & (mine["setting_id"] == r.setting_id)
+                          & ((mine["sparsity"] - level).abs() < 5e-4)]
+                cells.append(f"{_num(at['mean'].iloc[0])} ± {_num(at['std'].iloc[0])} (n={at['seeds'].iloc[0]})"
+                             if len(at) else "—")
+            rows.append([_pct(level)] + cells)
+        out[(model, task)] = (["sparsity", *labels], rows)
+    return out
+
+
+def side_by_side_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
+    out = []
+    for (model, task), (header, rows) in side_by_side(tables).items():
+        out += [f"\n## {md_cell(task)} ({md_cell(model)}): curves side by side, ticket mean ± std over seeds\n",
+                "| " + " | ".join(md_cell(c) for c in header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(out) + "\n" if out else ""
 
 
 def md_cell(value) -> str:

@@ -688,3 +688,44 @@ def test_tickets_that_equal_oneshot_pruning_are_named_in_the_summary():
     glue = level_stats(rows.drop(columns="oneshot_diff").assign(task="sst2"),
                        ["model", "method", "task", "setting_id", "kind", "sparsity"])
     assert glue["oneshot_diff"].isna().all() and oneshot_markdown({"curves": glue}) == ""
+
+
+def test_curves_of_one_task_are_side_by_side_per_level_in_the_summary_and_the_report(tmp_path):
+    """Issue 22: IMP and gradual pruning, each method, with and without distillation, comparable at a glance: per
+    task a table with a column per curve (method and what sets it apart) and a row per level."""
+    import json
+
+    from raytickets.analysis.report import write_report
+    from raytickets.store import ResultsStore
+
+    curves = {  # (method, trajectory, distilled): ticket metric per seed at 0.5 and 0.9
+        ("magnitude", "imp", False): ([0.80, 0.82], [0.70, 0.72]),
+        ("magnitude", "gradual", False): ([0.78, 0.80], [0.60, 0.62]),
+        ("movement", "gradual", True): ([0.70, 0.74], [0.66, 0.68]),
+    }
+    rows = []
+    for c, ((method, trajectory, distilled), (half, most)) in enumerate(curves.items()):
+        settings = json.dumps({"prune": {"trajectory": trajectory}, "train": {"distill": {"alpha": 0.5} if distilled
+                                                                                     else None}})
+        for seed in (0, 1):
+            base = dict(trial=f"t{c}-{seed}", task="sst2", model="m", method=method, seed=seed, setting_id=f"s{c}" * 4,
+                        settings=settings, metric_name="accuracy", chance_metric=0.5, failed=False)
+            rows += [dict(base, round=0, kind="full", sparsity=0.0, metric=0.84 + 0.01 * seed),
+                     dict(base, round=1, kind="ticket", sparsity=0.5, metric=half[seed]),
+                     dict(base, round=2, kind="ticket", sparsity=0.9, metric=most[seed])]
+    ResultsStore(tmp_path).write_rounds(rows)
+    tables = analysis.analyze(tmp_path)
+    ((header, table),) = analysis.side_by_side(tables).values()
+    # the settings that set the curves apart across methods: the method, the trajectory and the distillation
+    imp, gradual, movement = ("magnitude prune.trajectory=imp, train.distill.alpha=unset",
+                              "magnitude prune.trajectory=gradual, train.distill.alpha=unset",
+                              "movement prune.trajectory=gradual, train.distill.alpha=0.5")
+    assert header[0] == "sparsity" and sorted(header[1:]) == sorted([imp, gradual, movement]), header
+    by_label = {h: [row[i] for row in table] for i, h in enumerate(header)}
+    assert by_label["sparsity"] == ["full model", "50.0%", "90.0%"]
+    assert by_label[imp][1:] == ["0.8100 ± 0.0141 (n=2)", "0.7100 ± 0.0141 (n=2)"]
+    assert by_label[gradual][2] == "0.6100 ± 0.0141 (n=2)" and by_label[movement][1] == "0.7200 ± 0.0283 (n=2)"
+    assert by_label[movement][0] == "0.8450 ± 0.0071 (n=2)"
+    assert "## sst2 (m): curves side by side" in analysis.summary_markdown(tables)
+    page = write_report(tmp_path).read_text()
+    assert "curves side by side" in page and "0.7200 ± 0.0283 (n=2)" in page

@@ -176,9 +176,10 @@ def test_report_names_settings_tests_failed_seeds_and_collapse(tmp_path):
     for header in ("setting", "p_selection (paired, Holm over K levels)", "p_welch (unpaired, unadjusted)",
                    "failed seeds (ticket / full)", "trajectories", "layer collapse"):
         assert f"<th>{header}</th>" in page, header
-    # The two curves of sst2 are told apart by the setting that differs between them: in the section's title and
-    # the full table (the compact summary names the setting by its id, linked to the section).
-    assert page.count("prune.rewind_step=0<") == 2 and page.count("prune.rewind_step=100<") == 2
+    # The two curves of sst2 are told apart by the setting that differs between them: in the section's title, the
+    # full table and the side-by-side table's column (the compact summary names the setting by its id, linked).
+    assert page.count("prune.rewind_step=0<") == 3 and page.count("prune.rewind_step=100<") == 3
+    assert "<th>magnitude prune.rewind_step=0</th>" in page
     assert '<a href="#curve-tiny-magnitude-sst2-0000abab">sst2 · 0000abab</a>' in page
     assert page.count("<h3>sst2 · 0000abab prune.rewind_step=0</h3>") == 1
     # Collapse in words: above the summary table, in its row, and in the caption of the layer figure.
