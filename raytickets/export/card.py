@@ -13,7 +13,7 @@ from ..analysis.tables import md_cell
 from ..models import HUB_SHORTCUTS, MINILM, resolve_model
 from ..tasks import HUB_DATASET, get_task
 from ..squad import HUB_DATASET as SQUAD_HUB
-from .model import FLOPS_LENGTH, ONNX_FILE, ONNX_INPUTS, SHRUNK_DIR, SHRUNK_LOADER, Report
+from .model import FLOPS_LENGTH, ONNX_FILE, ONNX_INPUTS, QUANTIZED_FILE, SHRUNK_DIR, SHRUNK_LOADER, Report
 from .select import Ticket, present
 
 # Hub ids of the model shortcuts, for the card's `base_model` (a local directory has none).
@@ -151,6 +151,10 @@ def eval_results(p: dict, report: Report) -> list:
         what, value, rows = report.full_dev
         out.append(EvalResult(**common, metric_value=round(value, 6),
                               metric_name=f"{p['metric_name']} (full dev set, {rows} rows; {what})"))
+        q = report.quantized
+        if q is not None and q.full_dev is not None:
+            out.append(EvalResult(**common, metric_value=round(q.full_dev, 6), metric_name=f"{p['metric_name']} "
+                                  f"(full dev set, {rows} rows; {QUANTIZED_FILE}, {q.mode})"))
     rows = p["dev_rows"]
     of = f"{rows} of {total}" if rows is not None and total is not None else "the run's"
     out.append(EvalResult(**common, metric_value=round(p["metric"], 6),
@@ -171,7 +175,7 @@ def card_data(ticket: Ticket, report: Report):
         base_model=base, license=base_license(p["model"]), datasets=[SQUAD_HUB if squad else HUB_DATASET],
         metrics=[p["metric_name"]], eval_results=eval_results(p, report) if p["task"] in GLUE_DEV_SIZES else None,
         tags=["pruning", "lottery-ticket", "raytickets", *(["structured-pruning"] if report.structure else []),
-              *(["onnx"] if onnx else [])],
+              *(["onnx"] if onnx else []), *(["int8"] if report.quantized else [])],
         # The ONNX directory holds no transformers weights: `from_pretrained` cannot load it.
         library_name="onnx" if onnx else "transformers",
         pipeline_tag="question-answering" if squad else "text-classification")
@@ -286,6 +290,7 @@ def _storage_lines(report: Report, span: bool = False) -> list[str]:
                       f"{megabytes(sparse)} against {megabytes(dense)} dense ({dense / sparse:.2f}x smaller). Unstructured sparsity "
                       "buys no speed on CPU here: the zeros go through the same dense matrix multiplications as any "
                       "other weight; only removing whole heads and neurons (a structured ticket) makes the model faster."]
+    lines += _quantized_lines(report)
     checks = []
     if report.shrink_gap is not None:
         checks.append(f"shrunk vs masked dense model: max |Δ logit| {report.shrink_gap:.2e}")
@@ -297,4 +302,37 @@ def _storage_lines(report: Report, span: bool = False) -> list[str]:
         lines += ["", f"Dev metric re-measured from the exported files on the run's {report.dev_rows} dev rows "
                       "(its tokenised dev split):", "",
                   *(f"- {md_cell(what)}: {value:.4f}" for what, value in report.dev.items())]
+    q = report.quantized
+    if q is not None and q.full_dev is not None and report.full_dev is not None:
+        what, value, rows = report.full_dev
+        lines += ["", f"On the full dev set ({rows} rows): {md_cell(what)} {value:.4f}, {QUANTIZED_FILE} ({q.mode}) "
+                      f"{q.full_dev:.4f} ({100 * (q.full_dev - value):+.2f} points)."]
+    return lines
+
+
+QUANTIZATION = {
+    "int8": "ONNX Runtime's dynamic quantization (`quantize_dynamic`): int8 weights, activations quantized per "
+            "batch at run time (no calibration data)",
+    "int8-static": "ONNX Runtime's static quantization (`quantize_static`, QOperator format): int8 weights and "
+                   "uint8 activations whose ranges were calibrated (MinMax) on {rows} training rows of the task; the "
+                   "encoder's linear layers run as QLinearMatMul, attention products, softmax and LayerNorm in fp32",
+}
+
+
+def _quantized_lines(report: Report) -> list[str]:
+    """`--quantize`: what model_quantized.onnx is, how far from fp32, and what it does with a ticket's zeros."""
+    q = report.quantized
+    if q is None:
+        return []
+    how = QUANTIZATION[q.mode].format(rows=q.calibration_rows)
+    lines = ["", f"`{QUANTIZED_FILE}` is the int8 graph of `{ONNX_FILE}`, made by {how}. It takes "
+                 f"{megabytes(q.bytes[1])} against {megabytes(q.bytes[0])} ({q.bytes[0] / q.bytes[1]:.2f}x smaller) and "
+                 f"runs like it: `onnxruntime.InferenceSession(DIR/{QUANTIZED_FILE})` or "
+                 f"`raytickets.export.OnnxModel(DIR/{QUANTIZED_FILE})`. It approximates the fp32 graph: max |Δ logit| "
+                 f"{q.gap:.2e} on the seeded check batch, whose fp32 logits reach {q.scale:.3g} in magnitude; its dev "
+                 "metric, when measured, is listed beside fp32's below."]
+    if report.residual_sparsity > 0:
+        lines.append("The ticket's pruned weights are int8 zeros inside dense int8 matrices: this is a dense int8 "
+                     "graph, as fast as the unpruned model's would be; its speed-up over fp32 is int8's, not the "
+                     "sparsity's (ONNX Runtime's CPU kernels have no sparse or N:M path).")
     return lines

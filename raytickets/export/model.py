@@ -22,9 +22,22 @@ from .select import Ticket
 
 SHRUNK_DIR = "shrunk"
 ONNX_FILE = "model.onnx"
+QUANTIZED_FILE = "model_quantized.onnx"  # --quantize: the int8 graph beside model.onnx (Optimum's name for it)
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 SPAN_OUTPUTS = ("start_logits", "end_logits")  # a question-answering graph's outputs; a classifier's: logits
 EVAL_BATCH_SIZE = 64
+
+
+@dataclass
+class QuantizedReport:
+    """What the int8 graph is and how far it is from the fp32 one."""
+
+    mode: str
+    bytes: tuple[int, int]  # (model.onnx, model_quantized.onnx) on disk
+    gap: float  # max |logit int8 - logit fp32| on the export's seeded check batch
+    scale: float  # max |logit fp32| on that batch: what the gap is read against
+    calibration_rows: int | None = None  # static: training rows the ranges were calibrated on
+    full_dev: float | None = None  # its metric on the whole dev set, when the fp32 graph's was measured
 
 
 @dataclass
@@ -43,6 +56,7 @@ class Report:
     dev: dict[str, float] = field(default_factory=dict)  # which exported files -> their dev metric on the run's rows
     dev_rows: int | None = None  # the run's dev rows (all dev splits), re-scored for `dev`
     full_dev: tuple[str, float, int] | None = None  # (which files, metric, rows) on the whole GLUE dev set
+    quantized: QuantizedReport | None = None  # --quantize: the int8 graph beside model.onnx
 
 
 FLOPS_LENGTH = 128
@@ -234,21 +248,22 @@ def dev_data(ticket: Ticket, glue_dir: str | os.PathLike, full: bool = False):
     tokenizer = load_tokenizer(ticket.row["model"])
     limits = ((1, None) if full else (data.get("max_train_examples"), data.get("max_dev_examples")))
     if task.is_span:  # squad: `glue_dir` is the directory of its JSON files; windows as the run made them
-        return task, {"dev": _squad_dev(ticket, tokenizer, data, str(glue_dir), limits)}, collate(tokenizer)
+        return task, {"dev": squad_split(ticket, tokenizer, data, str(glue_dir), limits, "dev")}, collate(tokenizer)
     splits = tokenized_splits(task, tokenizer, resolve_model(ticket.row["model"]), str(glue_dir),
                               max_seq_length=data["max_seq_length"], max_train_examples=limits[0],
                               max_dev_examples=limits[1], seed=data.get("seed", 0))
     return task, {s: splits[s] for s in task.dev_splits}, collate(tokenizer)
 
 
-def _squad_dev(ticket: Ticket, tokenizer, data: dict, squad_dir: str, limits):
+def squad_split(ticket: Ticket, tokenizer, data: dict, squad_dir: str, limits, split: str):
+    """A squad ticket's `split` windows (train or dev), made as its run made them; `limits`: (train, dev) rows."""
     from ..config import DataConfig
     from ..squad import squad_splits
 
     fields = {k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__}
     cfg = DataConfig(**{**fields, "squad_dir": squad_dir, "squad_train": None, "squad_dev": None,
                         "max_train_examples": limits[0], "max_dev_examples": limits[1]})
-    return squad_splits(tokenizer, resolve_model(ticket.row["model"]), cfg, seed=data.get("seed", 0))["dev"]
+    return squad_splits(tokenizer, resolve_model(ticket.row["model"]), cfg, seed=data.get("seed", 0))[split]
 
 
 def dev_rows(dev) -> int:

@@ -13,7 +13,8 @@
 * `onnx`: DIR holds `model.onnx` — the shrunk model for a structured ticket, the masked dense one otherwise —
   with dynamic batch and sequence axes (inputs `input_ids`, `attention_mask`, `token_type_ids`, int64;
   output `logits`; a squad ticket's: `start_logits`, `end_logits`), plus config, tokenizer and card.
-  onnxruntime runs it as is.
+  onnxruntime runs it as is. `--quantize int8|int8-static` adds `model_quantized.onnx`, its int8 graph made by ONNX
+  Runtime's quantization (quantize.py), scored beside fp32 with `--glue-dir`.
 * `mask`: DIR holds `mask.safetensors` (for `raytickets finetune --mask`) and `ticket.json`.
 
 Every check runs before anything is written; DIR is filled as a temp dir beside it and renamed into place,
@@ -41,6 +42,7 @@ from .model import (  # noqa: F401  (load_shrunk, OnnxModel: the export API, imp
 )
 from .select import Ticket
 from .card import model_card, provenance
+from .quantize import Quantize, calibration_feeds, write_quantized
 
 FORMATS = ("hf", "onnx", "mask")
 CHECK_ATOL = 1e-4  # an export whose files disagree with the masked model by more is a bug: nothing is written
@@ -93,9 +95,12 @@ def write_hf(store: ResultsStore, ticket: Ticket, d: Path, glue_dir: str | None)
     return report
 
 
-def write_onnx_dir(store: ResultsStore, ticket: Ticket, d: Path, glue_dir: str | None) -> Report:
-    """DIR: model.onnx (shrunk when the ticket is structured), config, tokenizer, card."""
+def write_onnx_dir(store: ResultsStore, ticket: Ticket, d: Path, glue_dir: str | None,
+                   quantize: Quantize | None = None) -> Report:
+    """DIR: model.onnx (shrunk when the ticket is structured), config, tokenizer, card; with `quantize`, also its int8
+    graph model_quantized.onnx (quantize.py), scored beside it."""
     report = Report(format="onnx")
+    feeds = calibration_feeds(ticket, glue_dir, quantize.calibration_batches) if quantize and quantize.static else None
     model, small = _measure(store, ticket, report)
     graph = small if small is not None else model
     write_onnx(graph, d / ONNX_FILE)
@@ -108,8 +113,11 @@ def write_onnx_dir(store: ResultsStore, ticket: Ticket, d: Path, glue_dir: str |
     session = OnnxModel(d)
     report.onnx_gap = max_logit_gap(session, model, model.config.vocab_size)
     _check_gap(report.onnx_gap, "onnxruntime's logits")
+    loaded = {f"{ONNX_FILE} (onnxruntime)": session}
+    if quantize is not None:
+        loaded[quantize.label], report.quantized = write_quantized(d, quantize, session, model.config.vocab_size, feeds)
     if glue_dir is not None:
-        _score(ticket, glue_dir, report, {f"{ONNX_FILE} (onnxruntime)": session})
+        _score(ticket, glue_dir, report, loaded)
     _finish(d, ticket, report)
     return report
 
@@ -124,6 +132,9 @@ def _score(ticket: Ticket, glue_dir: str, report: Report, loaded: dict) -> None:
     full = dev if data_settings(ticket).get("max_dev_examples") is None else dev_data(ticket, glue_dir, full=True)
     rows = dev_rows(full)
     report.full_dev = (what, report.dev[what] if rows == report.dev_rows else dev_metric(model, ticket, full), rows)
+    if report.quantized is not None:  # the int8 graph beside fp32 on the whole dev set too (the last one loaded)
+        what, model = list(loaded.items())[-1]
+        report.quantized.full_dev = report.dev[what] if rows == report.dev_rows else dev_metric(model, ticket, full)
 
 
 def write_mask(store: ResultsStore, ticket: Ticket, d: Path, glue_dir: str | None) -> Report:

@@ -343,6 +343,35 @@ def test_onnx_export_runs_in_onnxruntime_with_torchs_logits(structured_root, glu
     assert "full dev set, 872 rows; model.onnx (onnxruntime)" in data.eval_results[0].metric_name
 
 
+def test_int8_static_export_scores_the_quantized_graph_beside_fp32_in_the_card(structured_root, glue_dir, cache_dir,
+                                                                              tmp_path, capsys):
+    """`--quantize int8-static` (format onnx by default): model_quantized.onnx beside model.onnx, calibrated on 2
+    batches of training rows, both scored on the same dev rows; the card and its model-index hold both metrics.
+    (Its logits against fp32 within the stated tolerance, and every bad input: test_quantize.py.)"""
+    out = tmp_path / "int8"
+    code, stdout, err = export(capsys, structured_root, "--task", "sst2", "--best", "--quantize", "int8-static",
+                               "--calibration-batches", "2", "--out", out, "--glue-dir", glue_dir)
+    assert code == 0, err
+    assert (out / "model.onnx").is_file() and (out / "model_quantized.onnx").is_file()
+    assert (out / "model_quantized.onnx").stat().st_size < (out / "model.onnx").stat().st_size
+    row = exported_row(structured_root, out)
+    tokenizer = load_tokenizer(str(out))
+    dev = run_dev_split(row, tokenizer, glue_dir, cache_dir)
+    fp32, int8 = (evaluate(OnnxModel(out / f), get_task("sst2"), {"dev": dev}, collate(tokenizer), 16)["accuracy"]
+                  for f in ("model.onnx", "model_quantized.onnx"))
+    assert f"dev accuracy from model.onnx (onnxruntime): {fp32:.4f}" in stdout
+    assert f"dev accuracy from model_quantized.onnx (onnxruntime, int8-static): {int8:.4f}" in stdout
+    assert "int8-static, calibrated on 64 training rows: model_quantized.onnx" in stdout
+    card = ModelCard.load(out / "README.md")
+    assert "int8" in card.data.tags
+    [full, quantized, recorded] = card.data.eval_results
+    assert "model.onnx (onnxruntime)" in full.metric_name and "model_quantized.onnx, int8-static" in quantized.metric_name
+    assert f"full dev set (872 rows) accuracy from model_quantized.onnx (int8-static): {quantized.metric_value:.4f} (" \
+        in stdout
+    assert f"- model_quantized.onnx (onnxruntime, int8-static): {int8:.4f}" in card.text
+    assert "calibrated (MinMax) on 64 training rows" in card.text and "max |Δ logit|" in card.text
+
+
 # ------------------------------------------------------------------------------ unstructured tickets and masks
 
 
