@@ -329,8 +329,9 @@ def _quantized_lines(report: Report) -> list[str]:
                  f"{megabytes(q.bytes[1])} against {megabytes(q.bytes[0])} ({q.bytes[0] / q.bytes[1]:.2f}x smaller) and "
                  f"runs like it: `onnxruntime.InferenceSession(DIR/{QUANTIZED_FILE})` or "
                  f"`raytickets.export.OnnxModel(DIR/{QUANTIZED_FILE})`. It approximates the fp32 graph: max |Δ logit| "
-                 f"{q.gap:.2e} on the seeded check batch, whose fp32 logits reach {q.scale:.3g} in magnitude; its dev "
-                 "metric, when measured, is listed beside fp32's below."]
+                 f"{q.gap:.2e} on the seeded check batch, whose fp32 logits reach {q.scale:.3g} in magnitude (random "
+                 "token ids, which stray further from the weights' ranges than text does: the dev metric, listed "
+                 "beside fp32's below when measured, is what tells whether the int8 graph keeps the ticket)."]
     if report.residual_sparsity > 0:
         lines.append("The ticket's pruned weights are int8 zeros inside dense int8 matrices: this is a dense int8 "
                      "graph, as fast as the unpruned model's would be; its speed-up over fp32 is int8's, not the "
