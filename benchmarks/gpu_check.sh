@@ -42,16 +42,19 @@ else  # toy sizes on CPU workers: checks the config, the paths and the commands,
          ticket.data.max_dev_examples=32 ticket.train.batch_size=16 ticket.train.threads=1)
 fi
 
-TEMP=$(mktemp -d /tmp/rtgpuXXXX)  # a private Ray temp dir (short: Ray caps its socket paths)
+# a private Ray temp dir (short: Ray caps its socket paths), and the trajectories' work (full models' and rounds'
+# weights for resume, 87 MB each) beside it: only the Parquet tables, Tune's state and the logs go to $OUT
+TEMP=$(mktemp -d /tmp/rtgpuXXXX)
 PORT=$(python -c 'from raytickets.sweep.cluster import free_port; print(free_port())')
 stamp "sweep: $CHECK/sweep.yaml ${SIZES[*]:-}"
 if timeout 330 python -m raytickets.sweep --config "$CHECK/sweep.yaml" --temp-dir "$TEMP" --dashboard-port "$PORT" \
-     storage_path="$OUT/results" ${SIZES[@]+"${SIZES[@]}"} >"$OUT/sweep.log" 2>&1; then
+     storage_path="$OUT/results" work_dir="$TEMP/work" ${SIZES[@]+"${SIZES[@]}"} >"$OUT/sweep.log" 2>&1; then
   stamp "sweep: done"
 else
   stamp "sweep: exit status $? (timeout: 124)"
 fi
 tail -15 "$OUT/sweep.log"
+rm -rf "$TEMP/work"  # the weights; Ray's logs stay in $TEMP
 RESULTS="$OUT/results/gpu-check/results"
 if [ -d "$RESULTS/rounds" ]; then
   python -m raytickets.cli analyze "$RESULTS" >"$OUT/analyze.log" 2>&1 || stamp "analyze failed (see $OUT/analyze.log)"
