@@ -339,13 +339,18 @@ def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> p
     (`random_mean`); one-shot magnitude pruning of T's rewind weights (source `oneshot`, `oneshot_mean`,
     `vs_oneshot`) is the null a ticket found without training-moved weights would equal (issue 17: an MLM
     ticket from rounds too short to move its mask). Their own rows say how they compare. No verdict (`learned` False) where T's full model, or
-    S's of the same setting, did not beat chance (`full_model`): a ticket of a model that learned nothing.
+    S's of the same setting, did not beat chance (`full_model`): a ticket of a model that learned nothing; and
+    none (`own_learned` False) where T's own ticket at that level did not beat T's chance by the same margin:
+    a transfer that "matches" a ticket at chance matches nothing. Universality is judged over every target of
+    the source ticket whatever each target's settings (a per-task setting gives each target its own setting_id).
     """
     moved = values[values["kind"] == "transfer"]
     agg = level_stats(moved, ["model", "method", "source_task", "task", "setting_id", "sparsity"])
     own = curve[curve["kind"] == "ticket"]
     full_mean = full.set_index(CURVE_KEY)["full_mean"]
     learned_by = full.set_index(CURVE_KEY)["learned"]
+    floor = (full.set_index(CURVE_KEY)["chance"] + full.set_index(CURVE_KEY)["min_above_chance"]) \
+        if {"chance", "min_above_chance"} <= set(full.columns) else pd.Series(dtype=float)
     nulls = {null: agg[agg["source_task"] == null] for null in NULL_SOURCES}
     rows = []
     for r in agg.to_dict("records"):
@@ -357,21 +362,23 @@ def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> p
         fm = float(full_mean.get(key, math.nan))
         source_key = (r["model"], r["method"], r["source_task"], r["setting_id"])
         judged = bool(learned_by.get(key, True)) and bool(learned_by.get(source_key, True))
+        own_learned = learned(own_mean, 0.0, float(floor.get(key, math.nan)))
+        verdict = match is not None and judged and own_learned
         rows.append({
             **r, "own_setting_id": match["setting_id"] if match is not None else None,
             "ticket_sparsity": match["sparsity"] if match is not None else math.nan, "ticket_mean": own_mean,
             "ticket_std": own_std, "ticket_seeds": int(match["seeds"]) if match is not None else 0,
             **null_means, "full_mean": fm, "vs_ticket": r["mean"] - own_mean, "vs_full": r["mean"] - fm,
             "vs_oneshot": r["mean"] - null_means["oneshot_mean"],
-            "transfers": bool(r["mean"] >= own_mean - own_std) if match is not None and judged else None,
-            "transfers_strict": bool(r["mean"] >= own_mean) if match is not None and judged else None,
-            "learned": judged,
+            "transfers": bool(r["mean"] >= own_mean - own_std) if verdict else None,
+            "transfers_strict": bool(r["mean"] >= own_mean) if verdict else None,
+            "learned": judged, "own_learned": own_learned,
         })
     out = pd.DataFrame(rows)
     if out.empty:
         return out
     others = (out["source_task"] != out["task"]) & ~out["source_task"].isin(NULL_SOURCES)
-    groups = ["model", "method", "source_task", "setting_id", "sparsity"]
+    groups = ["model", "method", "source_task", "sparsity"]
     for column, rule in (("universal", "transfers"), ("universal_strict", "transfers_strict")):
         every = out[others].groupby(groups)[rule].agg(lambda v: bool(v.notna().all() and v.astype(bool).all()))
         out[column] = [bool(every.get(tuple(r[g] for g in groups), False)) if o else None

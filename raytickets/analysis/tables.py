@@ -115,7 +115,7 @@ ANALYSIS_SCHEMAS: dict[str, pa.Schema] = {
         ("ticket_sparsity", _F), ("ticket_mean", _F), ("ticket_std", _F), ("ticket_seeds", _I), ("random_mean", _F),
         ("oneshot_mean", _F), ("full_mean", _F), ("vs_ticket", _F), ("vs_full", _F), ("vs_oneshot", _F),
         ("transfers", _B), ("transfers_strict", _B),
-        ("universal", _B), ("universal_strict", _B), ("learned", _B),
+        ("universal", _B), ("universal_strict", _B), ("learned", _B), ("own_learned", _B),
     ),
     "layer_sparsity": _schema(
         ("model", _S), ("method", _S), ("task", _S), ("setting_id", _S), ("ticket", _S), ("seed", _I),
@@ -355,6 +355,8 @@ def _transfer_verdict(r) -> str:
         return "null mask"
     if not r.learned:
         return "no verdict (a full model did not learn)"
+    if r.ticket_seeds and not r.own_learned:
+        return "no verdict (the own ticket did not beat chance)"
     if pd.isna(r.transfers):
         return "no own ticket at this level"
     verdict = "transfers (also strictly)" if r.transfers_strict else "transfers" if r.transfers else "does not transfer"

@@ -729,3 +729,26 @@ def test_curves_of_one_task_are_side_by_side_per_level_in_the_summary_and_the_re
     assert "## sst2 (m): curves side by side" in analysis.summary_markdown(tables)
     page = write_report(tmp_path).read_text()
     assert "curves side by side" in page and "0.7200 ± 0.0283 (n=2)" in page
+
+
+def test_no_transfer_verdict_against_an_own_ticket_at_chance_and_universal_spans_target_settings(tmp_path):
+    """Issue 17's MLM run: CoLA's own 75% ticket scored Matthews 0.03 (chance 0, margin 2/sqrt(300) = 0.115) and
+    the MLM ticket 0.00 there, which Chen et al.'s rule called "transfers; universal", while the same ticket did
+    not transfer to SST-2 — whose rows had another setting_id (CoLA's per-task settings), so universality was
+    judged per target. Now: no verdict against an own ticket at chance, and universal over every target."""
+    cola_sid, sst2_sid = dev_setting(300), dev_setting(299)
+    rows = curve_rows("cola", cola_sid, [0.20, 0.22, 0.18], {0.75: [0.08, 0.00, 0.00]}, metric_name="matthews")
+    rows += curve_rows("sst2", sst2_sid, [0.80, 0.81, 0.79], {0.75: [0.76, 0.76, 0.76]}, chance_metric=0.51)
+    rows += [row("cola", "transfer", 0.75, s, 0.0, source_task="mlm", trial=f"t-cola-{s}", setting_id=cola_sid[0],
+                 settings=cola_sid[1], metric_name="matthews") for s in range(3)]
+    rows += [row("sst2", "transfer", 0.75, s, 0.70, source_task="mlm", trial=f"t-sst2-{s}", setting_id=sst2_sid[0],
+                 settings=sst2_sid[1], chance_metric=0.51) for s in range(3)]
+    ResultsStore(tmp_path).write_rounds(rows)
+    tables = analysis.analyze(tmp_path)
+    t = tables["transfer"].set_index(["source_task", "task"])
+    cola, sst2 = t.loc[("mlm", "cola")], t.loc[("mlm", "sst2")]
+    assert cola["learned"] and not cola["own_learned"] and cola["transfers"] is None
+    assert sst2["own_learned"] and sst2["transfers"] is False
+    assert not cola["universal"] and not sst2["universal"]
+    summary = analysis.transfer_markdown(tables)
+    assert "no verdict (the own ticket did not beat chance)" in summary and "universal" not in summary.split("|---")[-1]
