@@ -77,9 +77,12 @@ def seed_values(rounds: pd.DataFrame) -> pd.DataFrame:
     seed's rows there (NaN if any is NaN), and whether any of them collapsed (`failed`)."""
     keys = [*CURVE_KEY, "kind", "source_task", "sparsity", "seed"]
     frame = rounds.assign(unknown=rounds["metric"].isna())
+    if "oneshot_diff" not in frame:  # rows written before schema 3
+        frame = frame.assign(oneshot_diff=math.nan)
     out = frame.groupby(keys, as_index=False, sort=True).agg(
         metric=("metric", "mean"), unknown=("unknown", "any"), failed=("collapsed", "any"),
         metric_name=("metric_name", "first"), metric_convention=("metric_convention", "first"),
+        oneshot_diff=("oneshot_diff", lambda s: s.astype(float).mean()),  # carried to the curves (mlm tickets)
     )
     out.loc[out["unknown"], "metric"] = math.nan
     return out.drop(columns="unknown")

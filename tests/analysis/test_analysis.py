@@ -752,3 +752,16 @@ def test_no_transfer_verdict_against_an_own_ticket_at_chance_and_universal_spans
     assert not cola["universal"] and not sst2["universal"]
     summary = analysis.transfer_markdown(tables)
     assert "no verdict (the own ticket did not beat chance)" in summary and "universal" not in summary.split("|---")[-1]
+
+
+def test_analyze_carries_the_rows_oneshot_diff_to_the_curves_and_summary(tmp_path):
+    """The MLM real run logged oneshot_diff 0.0063 / 0.0029 per round, but `analyze` dropped it between the rows
+    and the curves (seed_values did not carry it), so the summary had no one-shot section."""
+    sid = dev_setting(100)
+    rows = curve_rows("mlm", sid, [0.20], {0.5: [0.19], 0.75: [0.14]})
+    for r in rows:
+        r["oneshot_diff"] = {0.5: 0.0063, 0.75: 0.0029}.get(r["sparsity"])
+    ResultsStore(tmp_path).write_rounds(rows)
+    curves = analysis.analyze(tmp_path)["curves"]
+    tickets = curves[curves["kind"] == "ticket"].sort_values("sparsity")
+    assert list(tickets["oneshot_diff"]) == pytest.approx([0.0063, 0.0029])
