@@ -76,9 +76,7 @@ def seed_values(rounds: pd.DataFrame) -> pd.DataFrame:
     """One value per (curve, kind, source_task, sparsity level, seed) of `scored` rounds: the mean of the
     seed's rows there (NaN if any is NaN), and whether any of them collapsed (`failed`)."""
     keys = [*CURVE_KEY, "kind", "source_task", "sparsity", "seed"]
-    frame = rounds.assign(unknown=rounds["metric"].isna())
-    if "oneshot_diff" not in frame:  # rows written before schema 3
-        frame = frame.assign(oneshot_diff=math.nan)
+    frame = _with_oneshot_diff(rounds.assign(unknown=rounds["metric"].isna()))
     out = frame.groupby(keys, as_index=False, sort=True).agg(
         metric=("metric", "mean"), unknown=("unknown", "any"), failed=("collapsed", "any"),
         metric_name=("metric_name", "first"), metric_convention=("metric_convention", "first"),
@@ -171,11 +169,14 @@ def learned(full_mean: float, chance: float, margin: float) -> bool:
 # ---------------------------------------------------------------- curves and the full model
 
 
+def _with_oneshot_diff(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with an `oneshot_diff` column: NaN for rows written before schema 3, which never measured it."""
+    return frame if "oneshot_diff" in frame else frame.assign(oneshot_diff=math.nan)
+
+
 def level_stats(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Mean, sample std, seed count and failed-seed count over the seeds of each group of `keys`."""
-    frame = values.assign(unknown=values["metric"].isna())
-    if "oneshot_diff" not in frame:  # rows written before schema 3
-        frame = frame.assign(oneshot_diff=math.nan)
+    frame = _with_oneshot_diff(values.assign(unknown=values["metric"].isna()))
     out = frame.groupby(keys, as_index=False, sort=True).agg(
         metric_name=("metric_name", "first"), metric_convention=("metric_convention", "first"), mean=("metric", "mean"),
         std=("metric", "std"), seeds=("seed", "nunique"), failed_seeds=("failed", "sum"), unknown=("unknown", "any"),
@@ -350,10 +351,8 @@ def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> p
     moved = values[values["kind"] == "transfer"]
     agg = level_stats(moved, ["model", "method", "source_task", "task", "setting_id", "sparsity"])
     own = curve[curve["kind"] == "ticket"]
-    full_mean = full.set_index(CURVE_KEY)["full_mean"]
-    learned_by = full.set_index(CURVE_KEY)["learned"]
-    floor = (full.set_index(CURVE_KEY)["chance"] + full.set_index(CURVE_KEY)["min_above_chance"]) \
-        if {"chance", "min_above_chance"} <= set(full.columns) else pd.Series(dtype=float)
+    by_curve = full.set_index(CURVE_KEY)  # full_model() always gives chance and min_above_chance (NaN: unknown)
+    full_mean, learned_by = by_curve["full_mean"], by_curve["learned"]
     nulls = {null: agg[agg["source_task"] == null] for null in NULL_SOURCES}
     rows = []
     for r in agg.to_dict("records"):
@@ -365,7 +364,8 @@ def transfer(values: pd.DataFrame, curve: pd.DataFrame, full: pd.DataFrame) -> p
         fm = float(full_mean.get(key, math.nan))
         source_key = (r["model"], r["method"], r["source_task"], r["setting_id"])
         judged = bool(learned_by.get(key, True)) and bool(learned_by.get(source_key, True))
-        own_learned = learned(own_mean, 0.0, float(floor.get(key, math.nan)))
+        own_learned = learned(own_mean, float(by_curve["chance"].get(key, math.nan)),
+                              float(by_curve["min_above_chance"].get(key, math.nan)))
         verdict = match is not None and judged and own_learned
         rows.append({
             **r, "own_setting_id": match["setting_id"] if match is not None else None,
