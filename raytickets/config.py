@@ -126,7 +126,7 @@ class TrainConfig:
     # adamax: torch's, whose decay is L2 on the gradient (about lr per step off every weight with g ≈ 0)
     optimizer: Literal["adamw", "adamax", "adamax_mtdnn"] = "adamw"
     # Compute dtype of training, evaluation and importance scoring (weights, mask and optimiser stay fp32).
-    # null: bf16 where the hardware has it natively (CUDA capability >= 8, a CPU with AMX), else fp32;
+    # null: bf16 where the hardware has it natively (CUDA capability >= 8, a CPU with AVX512-BF16 or AMX), else fp32;
     # a trajectory fixes it for its device before its run id is computed (precision.resolve).
     precision: Literal["fp32", "bf16", "fp16"] | None = None
     bucket_by_length: bool = False  # batches of similar-length examples: fewer pad tokens (another data order)

@@ -49,6 +49,9 @@ def load_mlm_model_and_head(name: str, seed: int | None = None):
         if seed is not None:
             torch.manual_seed(seed)
         model, info = BertForMaskedLM.from_pretrained(path, output_loading_info=True)
+    from .dropout import use_cheap_dropout
+
+    use_cheap_dropout(model)  # as load_model's: torch's dropout in distribution, cheaper masks on CPU
     return model, not any(k.startswith("cls.") for k in info["missing_keys"])
 
 

@@ -161,7 +161,8 @@ def load_model(name: str, num_labels: int, seed: int | None = None, objective: s
     which has no pooler).
 
     `seed` fixes the randomly initialised task head, so every round of a trajectory and every
-    baseline starts from the same head unless told otherwise.
+    baseline starts from the same head unless told otherwise. Its dropout draws cheaper masks on CPU
+    (`dropout.use_cheap_dropout`: same keep probability and scaling as torch's, another random stream).
     """
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
@@ -181,7 +182,9 @@ def load_model(name: str, num_labels: int, seed: int | None = None, objective: s
             )
     if getattr(model.config, "model_type", None) != "bert" or not hasattr(model, "bert"):
         raise ConfigError(f"model: {name!r} is a {model.config.model_type!r} model; raytickets supports BERT-architecture models")
-    return model
+    from .dropout import use_cheap_dropout
+
+    return use_cheap_dropout(model)  # torch's dropout in distribution, cheaper masks on CPU (dropout.py)
 
 
 def encoder(model: nn.Module) -> nn.Module:

@@ -75,7 +75,8 @@ def test_a_squad_ticket_trains_on_the_span_kd_loss_against_the_full_models_cache
         "task": "squad", "model": str(model),
         "data": {"squad_dir": str(small_squad(tmp_path / "squad", paragraphs=2)), "max_seq_length": 96,
                  "doc_stride": 48, "max_dev_examples": 8, "cache_dir": str(tmp_path / "cache")},
-        "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "progress": False,
+        # fp32: the cached logits and the loss are recomputed here in float32 (null is bf16 on a bf16 CPU)
+        "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "progress": False, "precision": "fp32",
                   "distill": {"alpha": 0.7, "temperature": 2.0}},
         "prune": {"method": "magnitude", "rounds": 1, "rate": 0.3}})
     seen = {}
@@ -107,7 +108,9 @@ def test_a_squad_ticket_trains_on_the_span_kd_loss_against_the_full_models_cache
 def test_ticket_trains_on_the_kd_loss_against_the_full_models_cached_logits(make_cfg, tmp_path):
     # no dropout, so the first step's loss is a function of the weights alone and can be recomputed here
     model = tiny_bert(tmp_path / "nodrop", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    cfg = make_cfg(model=str(model), prune__rounds=1, train__distill=DistillConfig(alpha=0.6, temperature=3.0))
+    # fp32: the cached logits and the loss are recomputed here in float32 (null is bf16 on a bf16 CPU)
+    cfg = make_cfg(model=str(model), prune__rounds=1, train__distill=DistillConfig(alpha=0.6, temperature=3.0),
+                   train__precision="fp32")
     seen = {}
     traj = Trajectory(cfg, tmp_path / "work")
     traj.run(on_round=lambda state: seen.update({state.round: state}))
@@ -131,7 +134,7 @@ def test_ticket_trains_on_the_kd_loss_against_the_full_models_cached_logits(make
         ce += -math.log(softmax(list(s))[y])
     expected = 0.6 * T * T * kl / len(labels) + 0.4 * ce / len(labels)
     assert first_loss == pytest.approx(expected, rel=1e-4)
-    undistilled = make_cfg(model=str(model), prune__rounds=1)
+    undistilled = make_cfg(model=str(model), prune__rounds=1, train__precision="fp32")
     assert runs.full_id(traj.cfg) == runs.full_id(Trajectory(undistilled, tmp_path / "work").cfg)  # shared round 0
     assert runs.run_id(traj.cfg) != runs.run_id(Trajectory(undistilled, tmp_path / "work").cfg)
 

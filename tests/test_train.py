@@ -206,7 +206,8 @@ def test_gradient_clipping_counts_only_the_weights_a_mask_keeps(sst2):
     for name, p in ref_params.items():
         p.grad.mul_(mask.tensors[name])
     kept = torch.cat([p.grad.flatten() for p in reference.parameters()]).norm().item()
-    res = sst2.finetune(model, TrainConfig(max_steps=1, **FAST), mask=mask, params=params)
+    # fp32: compared with the float32 backward above to 1e-5 (the default, null, is bf16 on a bf16 CPU)
+    res = sst2.finetune(model, TrainConfig(max_steps=1, precision="fp32", **FAST), mask=mask, params=params)
     assert res.grad_norms[0] == pytest.approx(kept, rel=1e-5)
     assert every > 1.05 * kept  # what clipping used to see
 
@@ -355,8 +356,10 @@ def test_two_accumulated_batches_of_8_are_one_batch_of_16(sst2):
     """grad_accumulation: an optimiser step over two micro-batches of 8 is the step over the 16 examples at once
     (each micro-batch's mean loss weighted 1/2); steps count optimiser steps, the epoch's batches are shared."""
     accumulated, whole = no_dropout(sst2.model()), no_dropout(sst2.model())
-    a = sst2.finetune(accumulated, TrainConfig(max_steps=2, grad_accumulation=2, **FAST))
-    b = sst2.finetune(whole, TrainConfig(max_steps=2, **{**FAST, "batch_size": 16}))
+    # fp32: the two orders of summation agree to 1e-6 in float32; bf16 (the default, null, on a bf16 CPU) rounds
+    # each micro-batch's activations on its own
+    a = sst2.finetune(accumulated, TrainConfig(max_steps=2, grad_accumulation=2, precision="fp32", **FAST))
+    b = sst2.finetune(whole, TrainConfig(max_steps=2, precision="fp32", **{**FAST, "batch_size": 16}))
     assert a.steps == b.steps == 2 and a.losses == pytest.approx(b.losses, rel=1e-5)
     sa, sb = state_copy(accumulated), state_copy(whole)
     assert all(torch.allclose(sa[n], sb[n], atol=1e-6) for n in sa)
@@ -442,7 +445,9 @@ def test_stsb_regression_trains_and_reports_pearson_and_spearman(tiny_model_dir,
     data = Data(tiny_model_dir, "stsb", tmp_path / "glue", tmp_path / "cache")
     model = data.model()
     assert model.config.num_labels == 1 and model.config.problem_type == "regression"
-    res = data.finetune(model, TrainConfig(max_steps=18, **{**FAST, "learning_rate": 1e-2}))
+    # fp32: this tiny random model's predictions differ by less than bf16's step near 2.5 (1/64), so bf16 logits
+    # (the default, null, on a bf16 CPU) come out constant and the correlations undefined
+    res = data.finetune(model, TrainConfig(max_steps=18, precision="fp32", **{**FAST, "learning_rate": 1e-2}))
     assert set(res.metrics) == {"pearson", "spearman"}
     assert all(math.isfinite(v) and -1 <= v <= 1 for v in res.metrics.values())
     # regression loss (MSE against 0..5 scores) falls as the head learns the scale
