@@ -93,8 +93,8 @@ def use_cheap_dropout(model: nn.Module) -> nn.Module:
     returned for chaining). Parameters, state dict and the saved config are unchanged."""
     for parent in model.modules():
         for name, child in parent.named_children():
-            if type(child) is nn.Dropout:
-                setattr(parent, name, Dropout(child.p))
+            if type(child) is nn.Dropout:  # a new module starts in training mode: keep the old one's mode
+                setattr(parent, name, Dropout(child.p).train(child.training))
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
         config._attn_implementation = ATTENTION

@@ -84,6 +84,12 @@ def test_a_loaded_model_uses_it_keeps_padding_masked_and_saves_a_plain_config(ti
     drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert drops and all(type(m) is Dropout and m.p == 0.1 for m in drops)
     assert model.config._attn_implementation == ATTENTION
+    # from_pretrained returns an eval-mode model: the swapped-in modules keep that mode (a new module starts in
+    # training mode, which once made every forward of a freshly loaded model draw dropout masks)
+    assert not model.training and not any(m.training for m in drops)
+    probe = torch.randint(1000, 2000, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=probe).logits, model(input_ids=probe).logits)
     # training mode, same seed: what sits in padded positions must not matter (the padding mask reaches it)
     ids = torch.randint(1000, 2000, (4, 16), generator=torch.Generator().manual_seed(0))
     attention_mask = torch.ones(4, 16, dtype=torch.long)
