@@ -20,9 +20,9 @@ def bf16_native(device: torch.device) -> bool:
     an x86 CPU with AVX512-BF16 or AMX-BF16 (`cpu_bf16_isa`), where oneDNN runs bf16 matmuls on them.
 
     Measured (benchmarks/precision.py, MiniLM, batch 32, length 128, 2 threads, a CPU listing avx512_bf16 and
-    amx_bf16, where oneDNN reports its AMX kernels): bf16 took 0.30x fp32's time a training step and 0.20x an
-    evaluation batch, at the same SST-2 accuracy within the benchmark's run-to-run spread. Other CPUs (no such
-    flags, ARM, Apple silicon) keep fp32: bf16 there is emulated or unmeasured here.
+    amx_bf16, where oneDNN reports its AMX kernels): bf16 took 0.58-0.63x fp32's time a training step and 0.35x an
+    evaluation batch, at the same SST-2 accuracy (docs/precision.md). Other CPUs (no such flags, ARM, Apple
+    silicon) keep fp32: bf16 there is emulated or unmeasured here.
     """
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
