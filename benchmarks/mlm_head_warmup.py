@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=None)
     ap.add_argument("--steps", type=int, default=40, help="trajectory: optimiser steps per round")
+    ap.add_argument("--learning-rate", type=float, default=5e-5, help="trajectory: BERT-Tickets' MLM rate")
+    ap.add_argument("--rate", type=float, default=0.3, help="trajectory: the fraction pruned each of two rounds")
     ap.add_argument("--warmup-steps", type=int, default=150)
     ap.add_argument("--warmup-layers", type=int, default=0)
     ap.add_argument("--warmup-lr", type=float, default=3e-3)
@@ -61,9 +63,10 @@ def main() -> None:
         data=DataConfig(glue_dir=args.glue_dir, max_seq_length=args.length, max_train_examples=args.train_blocks,
                         max_dev_examples=args.dev_blocks, cache_dir=args.cache),
         train=TrainConfig(max_steps=args.steps, batch_size=args.batch, grad_accumulation=1,
+                          learning_rate=args.learning_rate, weight_decay=0.0, warmup_ratio=0.0,
                           mlm_warmup_steps=args.warmup_steps, mlm_warmup_layers=args.warmup_layers,
                           mlm_warmup_learning_rate=args.warmup_lr, progress=False, threads=args.threads),
-        prune=PruneConfig(rate=0.3, rounds=2),
+        prune=PruneConfig(rate=args.rate, rounds=2),
     )
     started = time.perf_counter()
     traj = Trajectory(cfg, args.work)
