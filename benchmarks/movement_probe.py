@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from common import default_glue_dir
 from raytickets.models import encoder, load_model, load_tokenizer, prunable_parameters
+from raytickets.pruning.movement import Movement, MovementHparams
 from raytickets.tasks import get_task, load_split
 
 
@@ -74,15 +75,14 @@ def main() -> None:
     model = load_model("minilm", 2, seed=args.seed)
     params = prunable_parameters(model)
     opt = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)
-    movement = {n: torch.zeros_like(p) for n, p in params.items()}
+    movement = Movement(MovementHparams(trajectory="gradual"), None)  # the method's own score accumulation
     model.train()
     for step in range(args.steps):
         lo = step * 32 % len(train_x)
         loss = F.cross_entropy(model(**tokens(train_x[lo:lo + 32])).logits, torch.tensor(train_y[lo:lo + 32]))
         opt.zero_grad()
         loss.backward()
-        for n, p in params.items():
-            movement[n] -= p.detach() * p.grad.detach()
+        movement.observe(params)
         opt.step()
     model.eval()
 
@@ -96,7 +96,7 @@ def main() -> None:
     std = {n: base_out[n].std(0) + 1e-6 for n in params}
     weights = {n: p.detach().clone() for n, p in params.items()}
     g = torch.Generator().manual_seed(args.seed)
-    scores = {"movement": movement, "random": {n: torch.rand(p.shape, generator=g) for n, p in params.items()},
+    scores = {"movement": movement.movement, "random": {n: torch.rand(p.shape, generator=g) for n, p in params.items()},
               "magnitude": {n: w.abs() for n, w in weights.items()}}
     print(f"MiniLM after {args.steps} steps on {args.train_rows} SST-2 rows: dev accuracy {accuracy():.4f} "
           f"({args.dev_rows} rows)")
